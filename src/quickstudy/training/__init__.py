@@ -1,0 +1,32 @@
+"""Training: the meta-training loop, evaluation with confidence intervals, checkpoints, logs, reports."""
+
+from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .evaluate import EvalResult, evaluate, evaluate_regression_steps
+from .logging import CSV_COLUMNS, CSVLogger, TensorBoardLogger, read_csv
+from .metrics import confusion_matrix, macro_prf, macro_prf_from_confusion, mean_ci95
+from .report import make_report
+from .trainer import Callback, History, NonFiniteLossError, Trainer, seed_everything
+
+__all__ = [
+    "Trainer",
+    "History",
+    "Callback",
+    "NonFiniteLossError",
+    "seed_everything",
+    "evaluate",
+    "evaluate_regression_steps",
+    "EvalResult",
+    "save_checkpoint",
+    "load_checkpoint",
+    "get_rng_state",
+    "set_rng_state",
+    "make_report",
+    "mean_ci95",
+    "macro_prf",
+    "macro_prf_from_confusion",
+    "confusion_matrix",
+    "CSVLogger",
+    "TensorBoardLogger",
+    "CSV_COLUMNS",
+    "read_csv",
+]

@@ -1,0 +1,192 @@
+"""Checkpoints: written atomically, loaded without executing code.
+
+* :func:`save_checkpoint` writes to a temporary file in the destination's directory, flushes and
+  fsyncs it, then ``os.replace``-s it over the destination: a reader sees the old file or the new
+  one, never half of one, and a failed write leaves the previous checkpoint untouched.
+* :func:`load_checkpoint` uses ``torch.load(..., weights_only=True)``: only tensors, dicts, lists,
+  tuples, numbers, strings, booleans and ``None`` are accepted, so a checkpoint can't run code.
+  Anything unreadable (truncated, corrupt, not a checkpoint) raises ``ValueError`` naming the file.
+* :func:`get_rng_state` / :func:`set_rng_state` capture the torch (CPU and CUDA), Python ``random``
+  and NumPy global generators in that restricted vocabulary, so that a resumed run draws the same
+  numbers as one that never stopped.
+
+A trainer checkpoint (see :class:`~quickstudy.training.Trainer`) is a dict with keys ``format``
+(``"quickstudy.checkpoint"``), ``version``, ``step``, ``model``, ``optimizer``, ``scheduler``,
+``best``, ``rng``, ``history``, ``trainer`` (its JSON-able settings), ``elapsed``,
+``learner_class`` and ``torch_version``. To use the weights alone::
+
+    learner.load_state_dict(load_checkpoint("runs/x/best.pt")["model"])
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "get_rng_state",
+    "set_rng_state",
+]
+
+CHECKPOINT_FORMAT = "quickstudy.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same directory + ``os.replace``).
+
+    The parent directory is created if needed. On any error the temporary file is removed and the
+    previous content of ``path`` (if any) is left as it was. Returns the path written.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
+    _check_loadable(state, "state")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.Size, torch.dtype, torch.device)
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """Refuse, before writing, anything ``torch.load(weights_only=True)`` would refuse when reading."""
+    kind = type(value)
+    if kind in _PLAIN or kind in (torch.Tensor, torch.nn.Parameter):
+        return
+    if kind in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in _PLAIN:
+                raise TypeError(f"save_checkpoint: {where} has a key of type {type(key).__name__}: not weights-only loadable")
+            _check_loadable(item, f"{where}[{key!r}]")
+        return
+    if kind in (list, tuple):
+        for index, item in enumerate(value):
+            _check_loadable(item, f"{where}[{index}]")
+        return
+    raise TypeError(
+        f"save_checkpoint: {where} is a {kind.__module__}.{kind.__qualname__}; a checkpoint may hold only tensors, "
+        "dicts, lists, tuples, numbers, strings, booleans and None (so it loads with weights_only=True)"
+    )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (POSIX); harmless to skip where directories can't be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises ``FileNotFoundError`` when ``path`` is missing and ``ValueError`` naming the file when it
+    is truncated, corrupt, holds objects other than tensors and plain containers, or is not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): the file is truncated or was never written")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = [line for line in lines if "WeightsUnpickler error" in line]
+        message = (detail or lines or [type(error).__name__])[0]
+        raise ValueError(
+            f"checkpoint {str(path)!r} ({size} bytes) could not be loaded: it is truncated, corrupt, or "
+            f"not a weights-only PyTorch file ({type(error).__name__}: {message})"
+        ) from error
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, expected a dict")
+    version = state.get("version")
+    if state.get("format") == CHECKPOINT_FORMAT and isinstance(version, int) and version > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {str(path)!r} has format version {version}, newer than this quickstudy "
+            f"understands ({CHECKPOINT_VERSION}): upgrade quickstudy to load it"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------- RNG states
+def get_rng_state() -> dict[str, Any]:
+    """The global torch, CUDA, Python and NumPy generator states, as tensors and plain values."""
+    version, internal, gauss_next = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": None if gauss_next is None else float(gauss_next),
+        },
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64).copy()),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generator states captured by :func:`get_rng_state`."""
+    try:
+        torch.set_rng_state(state["torch"].cpu())
+        py = state["python"]
+        internal = tuple(int(v) for v in py["state"].tolist())
+        random.setstate((int(py["version"]), internal, py["gauss_next"]))
+        npst = state["numpy"]
+        np.random.set_state(
+            (
+                npst["name"],
+                npst["keys"].numpy().astype(np.uint32),
+                int(npst["pos"]),
+                int(npst["has_gauss"]),
+                float(npst["cached_gaussian"]),
+            )
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"the RNG state is malformed ({type(error).__name__}: {error})") from error
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = [s.cpu() for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
