@@ -1,0 +1,68 @@
+"""Meta-learning algorithms, one short file per family, all behind :class:`MetaLearner`'s interface.
+
+==========  ======================================  ==========================================
+name        class                                   file
+==========  ======================================  ==========================================
+maml        :class:`MAML` (second order)            maml.py
+fomaml      :class:`FOMAML`                         maml.py
+metasgd     :class:`MetaSGD`                        metasgd.py
+anil        :class:`ANIL`                           anil.py
+reptile     :class:`Reptile`                        reptile.py
+protonet    :class:`ProtoNet`                       protonet.py
+finetune    :class:`FineTune` (Baseline/Baseline++) finetune.py
+==========  ======================================  ==========================================
+
+The shared inner loop and shell of the MAML family are in ``inner_loop.py``; how the tasks of a batch
+are executed (per-task loop or vmap) is decided in one place, ``strategy.py``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .anil import ANIL
+from .base import MetaLearner, Predictor
+from .finetune import CosineClassifier, FineTune
+from .inner_loop import AdaptedPredictor, GradientMetaLearner, sgd_inner_loop
+from .maml import FOMAML, MAML
+from .metasgd import MetaSGD
+from .protonet import ProtoNet
+from .reptile import Reptile
+from .strategy import STRATEGIES
+
+__all__ = [
+    "ALGORITHMS",
+    "ANIL",
+    "AdaptedPredictor",
+    "CosineClassifier",
+    "FOMAML",
+    "FineTune",
+    "GradientMetaLearner",
+    "MAML",
+    "MetaLearner",
+    "MetaSGD",
+    "Predictor",
+    "ProtoNet",
+    "Reptile",
+    "STRATEGIES",
+    "build_algorithm",
+    "sgd_inner_loop",
+]
+
+#: name -> class, for configuration files: ``ALGORITHMS[name](model, **kwargs)``.
+ALGORITHMS: dict[str, type[MetaLearner]] = {
+    "maml": MAML,
+    "fomaml": FOMAML,
+    "metasgd": MetaSGD,
+    "anil": ANIL,
+    "reptile": Reptile,
+    "protonet": ProtoNet,
+    "finetune": FineTune,
+}
+
+
+def build_algorithm(name: str, model: nn.Module, **kwargs) -> MetaLearner:
+    """``ALGORITHMS[name](model, **kwargs)`` with a clear error for an unknown name."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"build_algorithm: name must be one of {', '.join(repr(n) for n in ALGORITHMS)}; got {name!r}")
+    return ALGORITHMS[name](model, **kwargs)

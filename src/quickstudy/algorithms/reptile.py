@@ -1,0 +1,164 @@
+r"""Reptile (Nichol, Achiam & Schulman, 2018, "On First-Order Meta-Learning Algorithms", arXiv:1803.02999).
+
+For each task i of the batch, starting from theta:
+
+    inner loop:    phi_i = k steps of SGD (or Adam) on L(f(D_i.x; phi), D_i.y),   phi_i^0 = theta
+                   (D_i = the support set, or support + query with inner_data="support+query")
+    outer update:  theta <- theta + epsilon * 1/B * sum_i (phi_i - theta)
+
+The outer update is not the gradient of any loss, so there is no ``meta_loss`` (it raises). Instead
+``meta_backward`` writes the *Reptile direction* into ``.grad``::
+
+    theta.grad += theta - mean_i(phi_i)
+
+so that ``torch.optim.SGD(reptile.parameters(), lr=epsilon).step()`` performs exactly the update above
+(Adam or a schedule on the outer step also work, as in the paper's experiments). ``meta_step(batch,
+optimizer)`` does zero_grad, meta_backward and step in one call.
+
+Inner loop as implemented: every step uses the whole inner data set (no inner mini-batches), with a
+fresh optimizer per task (the paper's Adam, beta1 = 0 by default here, as in its few-shot runs).
+Evaluation adapts for ``eval_steps`` steps (default ``inner_steps``; the paper used more at test time).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..models._checks import check_choice, check_int, check_number
+from ..models.learner import Learner
+from ..tasks.batch import TaskBatch
+from .base import MetaLearner, Predictor
+from .inner_loop import AdaptedPredictor, _all_finite, check_task
+from .losses import resolve_loss, summarize
+
+__all__ = ["Reptile"]
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+INNER_DATA = ("support", "support+query")
+
+
+class Reptile(MetaLearner):
+    """``Reptile(model, inner_lr=0.001, inner_steps=5, inner_optimizer="adam", eval_steps=None,
+    loss="cross_entropy", inner_data="support", adam_beta1=0.0, adam_beta2=0.999)``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.001,
+        inner_steps: int = 5,
+        inner_optimizer: str = "adam",
+        eval_steps: int | None = None,
+        loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
+        inner_data: str = "support",
+        adam_beta1: float = 0.0,
+        adam_beta2: float = 0.999,
+        task_type: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, Learner):
+            model = model.module
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Reptile: model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.learner = Learner(model)
+        self.inner_lr = check_number("Reptile", "inner_lr", inner_lr)
+        self.inner_steps = check_int("Reptile", "inner_steps", inner_steps, minimum=1)
+        self.eval_steps = None if eval_steps is None else check_int("Reptile", "eval_steps", eval_steps, minimum=0)
+        self.inner_optimizer = check_choice("Reptile", "inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
+        self.inner_data = check_choice("Reptile", "inner_data", inner_data, INNER_DATA)
+        for name, beta in (("adam_beta1", adam_beta1), ("adam_beta2", adam_beta2)):
+            if check_number("Reptile", name, beta, allow_zero=True) >= 1:
+                raise ValueError(f"Reptile: {name} must be in [0, 1), got {beta!r}")
+        self.betas = (float(adam_beta1), float(adam_beta2))
+        self.loss = loss
+        self.loss_fn, self.task_type = resolve_loss("Reptile", loss, task_type)
+
+    # ------------------------------------------------------------------ the maths
+    def _inner(self, x: Tensor, y: Tensor, steps: int) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """phi after ``steps`` optimizer steps from theta on (x, y), detached; and the loss before each step."""
+        phi = {k: v.detach().clone().requires_grad_(True) for k, v in self.learner.params().items()}
+        tensors = list(phi.values())
+        if self.inner_optimizer == "sgd":
+            opt = torch.optim.SGD(tensors, lr=self.inner_lr)
+        else:
+            opt = torch.optim.Adam(tensors, lr=self.inner_lr, betas=self.betas)
+        losses = []
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = self.loss_fn(self.learner(phi, x), y)
+                for t, g in zip(tensors, torch.autograd.grad(loss, tensors, materialize_grads=True)):
+                    t.grad = g
+                opt.step()
+                losses.append(loss.detach())
+        return {k: v.detach() for k, v in phi.items()}, losses
+
+    def meta_loss(self, batch: TaskBatch):
+        raise NotImplementedError(
+            "Reptile has no meta-loss: its outer update theta += eps * mean(phi - theta) is not the gradient of "
+            "a loss. Use meta_backward(batch) (writes theta - mean(phi) into .grad) then optimizer.step(), "
+            "or meta_step(batch, optimizer)."
+        )
+
+    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+        """``.grad += theta - mean_i(phi_i)``; metrics are the query loss/accuracy of the adapted phi_i."""
+        self._check_batch(batch)
+        params = self.learner.params()
+        total = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in params.values()]
+        losses, outputs = [], []
+        for task in batch:
+            if self.inner_data == "support":
+                x, y = task.support_x, task.support_y
+            else:
+                x = torch.cat([task.support_x, task.query_x])
+                y = torch.cat([task.support_y, task.query_y])
+            phi, _ = self._inner(x, y, self.inner_steps)
+            torch._foreach_add_(total, [phi[k] for k in params])
+            with torch.no_grad():
+                out = self.learner(phi, task.query_x)
+                losses.append(self.loss_fn(out, task.query_y))
+                outputs.append(out)
+        with torch.no_grad():
+            scale = 1.0 / batch.batch_size
+            for p, s in zip(params.values(), total):
+                direction = p.detach() - s * scale
+                if p.grad is None:
+                    p.grad = direction
+                else:
+                    p.grad.add_(direction)
+        return summarize(torch.stack(losses), torch.stack(outputs), batch.query_y)
+
+    def meta_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """``optimizer.zero_grad(); meta_backward(batch); optimizer.step()``; returns the metrics."""
+        optimizer.zero_grad()
+        metrics = self.meta_backward(batch)
+        optimizer.step()
+        return metrics
+
+    # ------------------------------------------------------------------ the shared interface
+    def _check_batch(self, batch: TaskBatch) -> None:
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"Reptile: expected a TaskBatch, got {type(batch).__name__}")
+        if (self.task_type == "classification") != batch.is_classification:
+            kind = "classification" if batch.is_classification else "regression"
+            raise ValueError(f"Reptile is set up for {self.task_type} (loss={self.loss!r}) but got a {kind} batch")
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
+        check_task("Reptile", support_x, support_y)
+        if steps is None:
+            steps = self.inner_steps if self.eval_steps is None else self.eval_steps
+        else:
+            check_int("Reptile.adapt", "steps", steps, minimum=0)
+        phi, losses = self._inner(support_x, support_y, steps)
+        if not _all_finite(losses + list(phi.values())):
+            raise FloatingPointError(
+                f"Reptile.adapt: the support loss or the adapted weights became non-finite during {steps} steps "
+                f"(losses {[float(v) for v in losses]}); lower inner_lr={self.inner_lr} or check the inputs"
+            )
+        return AdaptedPredictor(lambda x: self.learner(phi, x), [float(v) for v in losses])
+
+    def extra_repr(self) -> str:
+        return (f"inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, inner_optimizer={self.inner_optimizer!r}, "
+                f"inner_data={self.inner_data!r}, loss={self.loss!r}")

@@ -1,0 +1,85 @@
+"""Conv4: the four-block convolutional backbone of few-shot learning (Vinyals et al. 2016; Finn et al. 2017;
+Snell et al. 2017).
+
+Block = 3x3 conv (``hidden`` filters, padding 1) -> batch norm -> ReLU -> 2x2 max-pool, four times, then
+the flattened features (``hidden * (image_size // 16) ** 2``: 64 for 28x28 Omniglot, 1600 for 84x84
+mini-ImageNet with ``hidden=64``, 800 with MAML's ``hidden=32``) and a linear head with ``ways`` outputs.
+
+``stride_variant=True`` is MAML's Omniglot network (Finn et al.'s code): 3x3 convs with stride 2 and
+padding 1, no max-pool, and the features averaged over the remaining spatial positions (``hidden``
+features). ``ways=None`` drops the head: the network returns the features, an embedding for
+Prototypical Networks or the fine-tune baseline.
+
+Batch norm follows ``batch_norm`` (see :mod:`quickstudy.models.batchnorm`): ``"transductive"``
+(default, MAML's setting), ``"running"`` or ``"none"``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ._checks import check_bool, check_int
+from .batchnorm import check_bn_policy, make_norm
+
+__all__ = ["Conv4"]
+
+
+class Conv4(nn.Module):
+    """``Conv4(in_channels=1, ways=5, hidden=64, stride_variant=False, image_size=28, batch_norm="transductive")``.
+
+    Input ``[n, in_channels, image_size, image_size]``; output ``[n, ways]`` logits, or
+    ``[n, feature_dim]`` features when ``ways=None``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        ways: int | None = 5,
+        hidden: int = 64,
+        stride_variant: bool = False,
+        image_size: int = 28,
+        batch_norm: str = "transductive",
+    ) -> None:
+        super().__init__()
+        check_int("Conv4", "in_channels", in_channels)
+        if ways is not None:
+            check_int("Conv4", "ways", ways)
+        check_int("Conv4", "hidden", hidden)
+        check_bool("Conv4", "stride_variant", stride_variant)
+        check_int("Conv4", "image_size", image_size)
+        check_bn_policy("Conv4", batch_norm)
+        self.in_channels, self.ways, self.hidden = in_channels, ways, hidden
+        self.stride_variant, self.image_size, self.batch_norm = stride_variant, image_size, batch_norm
+
+        layers: list[nn.Module] = []
+        size, channels = image_size, in_channels
+        for _ in range(4):
+            if stride_variant:
+                layers += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1), make_norm(batch_norm, hidden), nn.ReLU()]
+                size = (size - 1) // 2 + 1
+            else:
+                layers += [nn.Conv2d(channels, hidden, 3, padding=1), make_norm(batch_norm, hidden), nn.ReLU(),
+                           nn.MaxPool2d(2)]
+                size = size // 2
+            channels = hidden
+        if size < 1:
+            raise ValueError(f"Conv4: image_size={image_size} is too small for four 2x down-samplings")
+        self.features = nn.Sequential(*layers)
+        #: size of the features the head sees (and of the output when ``ways=None``)
+        self.feature_dim = hidden if stride_variant else hidden * size * size
+        self.head = nn.Linear(self.feature_dim, ways) if ways is not None else None
+        self.out_features = ways if ways is not None else self.feature_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Conv4 expects images [batch, in_channels={self.in_channels}, H, W], got {tuple(x.shape)}"
+            )
+        x = self.features(x)
+        x = x.mean(dim=(2, 3)) if self.stride_variant else x.flatten(1)
+        if x.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"Conv4 built for image_size={self.image_size} ({self.feature_dim} features) got images that give "
+                f"{x.shape[1]} features: pass image_size=<your image side>"
+            )
+        return self.head(x) if self.head is not None else x

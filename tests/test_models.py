@@ -1,0 +1,178 @@
+"""Backbones, the Learner wrapper and the primitive-ops batch norm."""
+
+import pytest
+import torch
+from torch import nn
+
+from quickstudy.models import (
+    MODELS,
+    Conv4,
+    Learner,
+    MLP,
+    ResNet12,
+    TaskBatchNorm,
+    TaskBatchNorm2d,
+    build_model,
+)
+
+
+@pytest.mark.parametrize("primitive", [True, False])
+def test_task_batch_norm_equals_native_in_training_mode_forward_and_backward(primitive):
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    ours = TaskBatchNorm2d(3).double()
+    ours.primitive = primitive
+    native = nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        for bn in (ours, native):
+            bn.weight.copy_(torch.tensor([0.5, 1.5, -2.0]))
+            bn.bias.copy_(torch.tensor([0.1, -0.3, 0.7]))
+    w = torch.randn(6, 3, 5, 4, dtype=torch.float64)
+    out_ours, out_native = ours(x), native(x)
+    torch.testing.assert_close(out_ours, out_native, rtol=1e-12, atol=1e-12)
+    g_ours = torch.autograd.grad((out_ours * w).sum(), [x, ours.weight, ours.bias], create_graph=True)
+    g_native = torch.autograd.grad((out_native * w).sum(), [x, native.weight, native.bias], create_graph=True)
+    for a, b in zip(g_ours, g_native):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # second order (outside vmap the native double backward is right, so it is the reference here)
+    v = torch.randn_like(x)
+    h_ours = torch.autograd.grad((g_ours[0] * v).sum(), [x, ours.weight])
+    h_native = torch.autograd.grad((g_native[0] * v).sum(), [x, native.weight])
+    for a, b in zip(h_ours, h_native):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_task_batch_norm_takes_the_primitive_form_inside_vmap():
+    torch.manual_seed(0)
+    bn = TaskBatchNorm2d(3).double()
+    x = torch.randn(4, 6, 3, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(bn)(x), torch.stack([bn(t) for t in x]))
+    running = TaskBatchNorm2d(3, policy="running").double()
+    with pytest.raises(RuntimeError, match="cannot update its running statistics"):
+        torch.func.vmap(running)(x)
+
+
+@pytest.mark.parametrize("primitive", [True, False])
+def test_running_policy_tracks_statistics_like_native_and_uses_them_in_eval(primitive):
+    torch.manual_seed(1)
+    ours = TaskBatchNorm2d(2, policy="running").double()
+    ours.primitive = primitive
+    native = nn.BatchNorm2d(2).double()
+    for _ in range(3):
+        x = torch.randn(4, 2, 3, 3, dtype=torch.float64) * 2 + 1
+        ours(x), native(x)
+    torch.testing.assert_close(ours.running_mean, native.running_mean)
+    torch.testing.assert_close(ours.running_var, native.running_var)
+    ours.eval(), native.eval()
+    x = torch.randn(5, 2, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), native(x))
+    # eval mode: a prediction depends on that example alone
+    torch.testing.assert_close(ours(x[:1]), ours(x)[:1])
+
+
+@pytest.mark.parametrize("primitive", [True, False])
+def test_transductive_policy_uses_batch_statistics_in_eval_mode_too(primitive):
+    bn = TaskBatchNorm2d(2).double().eval()
+    bn.primitive = primitive
+    x = torch.randn(5, 2, 3, 3, dtype=torch.float64) * 3 + 2
+    y = bn(x)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert not dict(bn.named_buffers())  # keeps no running statistics
+
+
+def test_task_batch_norm_checks_its_input_and_arguments():
+    with pytest.raises(ValueError, match="expects"):
+        TaskBatchNorm2d(3)(torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="policy"):
+        TaskBatchNorm(3, policy="per-step")
+    assert TaskBatchNorm(4)(torch.randn(5, 4)).shape == (5, 4)  # 1-d features work with the base class
+
+
+@pytest.mark.parametrize(
+    "kwargs, shape, features",
+    [
+        (dict(), (3, 1, 28, 28), 64),  # Omniglot, max-pool: 28 -> 1
+        (dict(stride_variant=True), (3, 1, 28, 28), 64),  # MAML's Omniglot net: averaged features
+        (dict(in_channels=3, hidden=32, image_size=84), (2, 3, 84, 84), 800),  # MAML mini-ImageNet
+        (dict(in_channels=3, image_size=84), (2, 3, 84, 84), 1600),  # ProtoNet mini-ImageNet
+    ],
+)
+def test_conv4_shapes(kwargs, shape, features):
+    model = Conv4(ways=5, **kwargs)
+    assert model.feature_dim == features
+    assert model(torch.randn(*shape)).shape == (shape[0], 5)
+    embed = Conv4(ways=None, **kwargs)
+    assert embed.head is None and embed.out_features == features
+    assert embed(torch.randn(*shape)).shape == (shape[0], features)
+
+
+def test_conv4_stride_variant_has_no_max_pool_and_stride_two():
+    model = Conv4(stride_variant=True)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 4 and all(c.stride == (2, 2) and c.padding == (1, 1) for c in convs)
+    assert sum(isinstance(m, TaskBatchNorm2d) for m in model.modules()) == 4
+
+
+def test_conv4_batch_norm_policies():
+    assert not any(isinstance(m, TaskBatchNorm) for m in Conv4(batch_norm="none").modules())
+    bns = [m for m in Conv4(batch_norm="running").modules() if isinstance(m, TaskBatchNorm)]
+    assert len(bns) == 4 and all(m.policy == "running" for m in bns)
+
+
+def test_models_reject_bad_input_with_a_message():
+    with pytest.raises(ValueError, match="in_channels=1"):
+        Conv4()(torch.randn(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="image_size"):
+        Conv4()(torch.randn(2, 1, 84, 84))
+    with pytest.raises(ValueError, match="in_features=1"):
+        MLP()(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="batch_norm"):
+        Conv4(batch_norm="batch")
+    with pytest.raises(ValueError, match="hidden"):
+        MLP(hidden=[40, 0])
+    with pytest.raises(ValueError, match="ways"):
+        Conv4(ways=0)
+
+
+def test_mlp_is_the_maml_sinusoid_network():
+    model = MLP()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(1, 40), (40, 40), (40, 1)]
+    assert model(torch.randn(7, 1)).shape == (7, 1)
+    assert MLP(in_features=3, out_features=None, hidden=[8]).forward(torch.randn(2, 3)).shape == (2, 8)
+
+
+def test_resnet12_shapes():
+    model = ResNet12(in_channels=3, ways=5, channels=[4, 6, 8, 10])
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert ResNet12(ways=None, channels=[4, 6, 8, 10])(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    assert sum(isinstance(m, TaskBatchNorm2d) for m in model.modules()) == 16
+
+
+def test_learner_functional_apply_equals_module_with_those_weights():
+    torch.manual_seed(0)
+    model = MLP(in_features=2, out_features=3, hidden=[4]).double()
+    learner = Learner(model)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    fast = {k: v + 0.1 * torch.randn_like(v) for k, v in learner.params().items()}
+    out = learner(fast, x)
+    reference = MLP(in_features=2, out_features=3, hidden=[4]).double()
+    reference.load_state_dict({k: v.detach() for k, v in fast.items()})
+    torch.testing.assert_close(out, reference(x))
+    torch.testing.assert_close(learner(learner.params(), x), model(x))  # own parameters untouched
+    # a partial dict takes the rest from the module; frozen parameters are not "params"
+    model.features[0].weight.requires_grad_(False)
+    assert "features.0.weight" not in learner.params()
+    torch.testing.assert_close(learner({"head.bias": fast["head.bias"]}, x),
+                               model(x) - model.head.bias + fast["head.bias"])
+    with pytest.raises(TypeError):
+        Learner(object())
+
+
+def test_registry_builds_from_plain_arguments():
+    assert set(MODELS) == {"conv4", "mlp", "resnet12"}
+    model = build_model("conv4", in_channels=1, ways=5, hidden=32, stride_variant=True)
+    assert isinstance(model, Conv4) and model.hidden == 32
+    with pytest.raises(ValueError, match="'conv5'"):
+        build_model("conv5")

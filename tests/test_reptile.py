@@ -1,0 +1,121 @@
+"""Reptile: the outer step equals eps * mean(phi - theta), phi computed by hand."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quickstudy.algorithms import Reptile
+from quickstudy.models import MLP
+from quickstudy.tasks.batch import TaskBatch
+
+
+def class_batch(B=3, N=3, K=2, Q=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sy = torch.arange(N).repeat_interleave(K).repeat(B, 1)
+    qy = torch.arange(N).repeat_interleave(Q).repeat(B, 1)
+    sx = torch.randn(B, N * K, 2, generator=g, dtype=torch.float64) + sy.unsqueeze(-1)
+    qx = torch.randn(B, N * Q, 2, generator=g, dtype=torch.float64) + qy.unsqueeze(-1)
+    return TaskBatch(sx, sy, qx, qy, ways=N)
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    return MLP(in_features=2, out_features=3, hidden=[5]).double()
+
+
+def adapted_by_hand(model, x, y, steps, make_opt):
+    clone = copy.deepcopy(model)
+    opt = make_opt(clone.parameters())
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(clone(x), y).backward()
+        opt.step()
+    return [p.detach() for p in clone.parameters()]
+
+
+@pytest.mark.parametrize(
+    "optimizer, make_opt",
+    [("sgd", lambda ps: torch.optim.SGD(ps, lr=0.1)),
+     ("adam", lambda ps: torch.optim.Adam(ps, lr=0.1, betas=(0.0, 0.999)))],
+)
+def test_reptile_step_is_outer_lr_times_mean_of_adapted_minus_initial(optimizer, make_opt):
+    model = tiny_mlp()
+    reptile = Reptile(model, inner_lr=0.1, inner_steps=3, inner_optimizer=optimizer)
+    batch = class_batch()
+    theta = [p.detach().clone() for p in model.parameters()]
+    phis = [adapted_by_hand(model, t.support_x, t.support_y, 3, make_opt) for t in batch]
+    eps = 0.25
+    outer = torch.optim.SGD(reptile.parameters(), lr=eps)
+    metrics = reptile.meta_step(batch, outer)
+    for i, p in enumerate(model.parameters()):
+        mean_phi = sum(phi[i] for phi in phis) / len(phis)
+        torch.testing.assert_close(p.detach(), theta[i] + eps * (mean_phi - theta[i]), rtol=1e-12, atol=1e-14)
+    assert set(metrics) == {"loss", "accuracy"}
+
+
+def test_meta_backward_writes_and_accumulates_the_reptile_direction():
+    model = tiny_mlp(1)
+    reptile = Reptile(model, inner_lr=0.1, inner_steps=2, inner_optimizer="sgd")
+    batch = class_batch(seed=1)
+    reptile.meta_backward(batch)
+    first = [p.grad.clone() for p in model.parameters()]
+    phis = [adapted_by_hand(model, t.support_x, t.support_y, 2, lambda ps: torch.optim.SGD(ps, lr=0.1)) for t in batch]
+    for i, p in enumerate(model.parameters()):
+        torch.testing.assert_close(first[i], p.detach() - sum(phi[i] for phi in phis) / 3, rtol=1e-12, atol=1e-14)
+    reptile.meta_backward(batch)  # accumulates like loss.backward()
+    for g, p in zip(first, model.parameters()):
+        torch.testing.assert_close(p.grad, 2 * g)
+
+
+def test_support_plus_query_uses_the_query_in_the_inner_loop():
+    batch = class_batch(seed=2)
+    model = tiny_mlp(2)
+    reptile = Reptile(model, inner_lr=0.1, inner_steps=2, inner_optimizer="sgd", inner_data="support+query")
+    reptile.meta_backward(batch)
+    phis = [adapted_by_hand(model, torch.cat([t.support_x, t.query_x]), torch.cat([t.support_y, t.query_y]), 2,
+                            lambda ps: torch.optim.SGD(ps, lr=0.1)) for t in batch]
+    for i, p in enumerate(model.parameters()):
+        torch.testing.assert_close(p.grad, p.detach() - sum(phi[i] for phi in phis) / 3)
+
+
+def test_meta_loss_explains_why_it_does_not_exist():
+    with pytest.raises(NotImplementedError, match="not the gradient of a loss"):
+        Reptile(tiny_mlp()).meta_loss(class_batch())
+
+
+def test_adapt_uses_eval_steps_and_predict_matches():
+    model = tiny_mlp(3)
+    reptile = Reptile(model, inner_lr=0.05, inner_steps=2, eval_steps=4, inner_optimizer="sgd")
+    batch = class_batch(seed=3)
+    task = batch.task(0)
+    predictor = reptile.adapt(task.support_x, task.support_y)
+    assert len(predictor.support_losses) == 4
+    phi = adapted_by_hand(model, task.support_x, task.support_y, 4, lambda ps: torch.optim.SGD(ps, lr=0.05))
+    expected = F.linear(F.relu(F.linear(task.query_x, phi[0], phi[1])), phi[2], phi[3])
+    torch.testing.assert_close(predictor(task.query_x), expected)
+    outputs = reptile.predict(batch)
+    assert outputs.shape == (3, 6, 3) and not outputs.requires_grad
+    torch.testing.assert_close(outputs[0], expected)
+    torch.testing.assert_close(reptile.predict(batch, steps=0)[1], model(batch.query_x[1]).detach())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [(dict(inner_lr=0), "inner_lr"), (dict(inner_steps=0), "inner_steps must be a positive integer, got 0"),
+     (dict(inner_optimizer="rmsprop"), "inner_optimizer must be one of 'sgd', 'adam'; got 'rmsprop'"),
+     (dict(inner_data="query"), "inner_data"), (dict(adam_beta1=1.0), "adam_beta1"), (dict(loss="l1"), "loss")],
+)
+def test_bad_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Reptile(tiny_mlp(), **kwargs)
+
+
+def test_non_finite_adaptation_raises():
+    task = class_batch().task(0)
+    x = task.support_x.clone()
+    x[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        Reptile(tiny_mlp(), inner_optimizer="sgd").adapt(x, task.support_y)
