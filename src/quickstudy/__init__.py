@@ -1,8 +1,33 @@
-"""quickstudy: meta-learning for PyTorch."""
+"""quickstudy: meta-learning for PyTorch.
+
+    import quickstudy as qs
+    train = qs.data.Omniglot(split="train")                 # or qs.data.Glyphs(split="train"), no download
+    sampler = qs.EpisodeSampler(train, ways=5, shots=1, queries=15, batch_size=32, seed=0)
+    maml = qs.MAML(qs.models.Conv4(in_channels=1, ways=5), inner_lr=0.4, inner_steps=1)
+    qs.Trainer(maml, sampler, steps=1000, out="runs/maml").fit()
+    print(qs.evaluate(maml, qs.EpisodeSampler(qs.data.Omniglot(split="test"), 5, 1, 15, 16, seed=1)))
+"""
 
 __version__ = "0.1.0"
 
-from . import tasks
+from . import algorithms, data, models, tasks, training
+from .algorithms import ANIL, FOMAML, MAML, FineTune, MetaLearner, MetaSGD, ProtoNet, Reptile
 from .tasks import EpisodeSampler, FixedEpisodes, Sinusoid, TaskBatch
+from .training import (
+    EvalResult,
+    NonFiniteLossError,
+    Trainer,
+    evaluate,
+    evaluate_regression_steps,
+    load_checkpoint,
+    make_report,
+)
 
-__all__ = ["__version__", "tasks", "TaskBatch", "EpisodeSampler", "FixedEpisodes", "Sinusoid"]
+__all__ = [
+    "__version__",
+    "algorithms", "data", "models", "tasks", "training",
+    "TaskBatch", "EpisodeSampler", "FixedEpisodes", "Sinusoid",
+    "MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "ProtoNet", "FineTune",
+    "Trainer", "evaluate", "evaluate_regression_steps", "EvalResult", "NonFiniteLossError",
+    "load_checkpoint", "make_report",
+]

@@ -1,0 +1,304 @@
+"""From a validated config to task sources, a learner, a trained run folder and its evaluation.
+
+The stateful shell the CLI and the benchmarks share. A run folder holds::
+
+    config.yaml         the resolved config (every default written out)
+    metrics.csv         training and validation rows; tensorboard/ when installed
+    last.pt, best.pt    checkpoints (weights-only loadable)
+    test_episodes.pt    the fixed test episodes (example indices), made at the first evaluation
+    eval.json           the last evaluation's result
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .algorithms import ALGORITHMS, MetaLearner
+from .config import ConfigError, ExperimentConfig, check_kwargs, load_config
+from .models import MODELS
+from .tasks import EpisodeSampler, FixedEpisodes, Sinusoid
+from .training import Trainer, evaluate, evaluate_regression_steps, load_checkpoint
+
+__all__ = ["TaskSources", "build_tasks", "build_learner", "train_run", "load_run", "evaluate_run",
+           "adapt_folders", "resolve_device", "machine_info"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"key 'device': {name!r} is not a torch device ({error})") from None
+
+
+@dataclass
+class TaskSources:
+    """What an experiment trains and is scored on; ``train[i]`` / ``val[i]`` / ``test[i]`` are TaskBatches."""
+
+    train: Any
+    val: Any
+    test: Any
+    task_type: str
+    num_train_classes: int | None = None
+    in_channels: int | None = None
+    image_size: int | None = None
+
+
+def _load_dataset(config: ExperimentConfig, split: str):
+    from . import data
+
+    d = config.data
+    if d.dataset == "omniglot":
+        return data.Omniglot(split=split, protocol=d.protocol, root=d.root, download=d.download,
+                             image_size=d.image_size)
+    if d.dataset == "glyphs":
+        return data.Glyphs(split=split, seed=d.seed, image_size=d.image_size)
+    if d.dataset == "folder":
+        if d.root is None:
+            raise ConfigError("key 'data.root': the folder dataset needs a root with one sub-folder per split")
+        return data.ImageFolder(Path(d.root) / split, image_size=d.image_size)
+    raise ConfigError(f"key 'data.dataset': no image loader for {d.dataset!r}")
+
+
+def build_tasks(config: ExperimentConfig, test_seed: int | None = None) -> TaskSources:
+    """Training, validation and test task sources for ``config`` (deterministic from its seeds)."""
+    t, e = config.task, config.eval
+    if config.data.dataset == "sinusoid":
+        train = Sinusoid(shots=t.shots, queries=t.queries, batch_size=t.meta_batch, seed=config.seed)
+        val = Sinusoid(shots=t.test_shots or t.shots, queries=t.test_queries or t.queries,
+                       batch_size=e.batch_size, seed=config.seed + 1)
+        test = Sinusoid(shots=t.test_shots or t.shots, queries=t.test_queries or t.queries,
+                        batch_size=e.batch_size, seed=e.seed if test_seed is None else test_seed)
+        return TaskSources(train, val, test, task_type="regression")
+    train_ds = _load_dataset(config, config.data.train_split)
+    test_ds = _load_dataset(config, config.data.test_split)
+    val_ds = _load_dataset(config, config.data.val_split) if config.data.val_split else None
+    ways, shots, queries = t.test_ways or t.ways, t.test_shots or t.shots, t.test_queries or t.queries
+    train = EpisodeSampler(train_ds, ways=t.ways, shots=t.shots, queries=t.queries, batch_size=t.meta_batch,
+                           seed=config.seed)
+    val = (EpisodeSampler(val_ds, ways=ways, shots=shots, queries=queries, batch_size=e.batch_size,
+                          seed=config.seed + 1) if val_ds is not None else None)
+    test = EpisodeSampler(test_ds, ways=ways, shots=shots, queries=queries, batch_size=e.batch_size,
+                          seed=e.seed if test_seed is None else test_seed)
+    return TaskSources(train, val, test, task_type="classification", num_train_classes=len(train_ds.classes),
+                       in_channels=int(train_ds.example_shape[0]), image_size=int(train_ds.example_shape[-1]))
+
+
+def build_learner(config: ExperimentConfig, sources: TaskSources) -> MetaLearner:
+    """The model and algorithm the config names, with shape arguments filled in from the data."""
+    model_name, algo_name = config.model.name, config.algorithm.name
+    if model_name not in MODELS:
+        raise ConfigError(f"key 'model.name': {model_name!r} is not one of {', '.join(MODELS)}")
+    if algo_name not in ALGORITHMS:
+        raise ConfigError(f"key 'algorithm.name': {algo_name!r} is not one of {', '.join(ALGORITHMS)}")
+    model_cls, algo_cls = MODELS[model_name], ALGORITHMS[algo_name]
+    model_kwargs = check_kwargs(model_cls, config.model.kwargs(), "model")
+    algo_kwargs = check_kwargs(algo_cls, config.algorithm.kwargs(), "algorithm")
+    if sources.task_type == "regression":
+        algo_kwargs.setdefault("loss", "mse")
+    else:
+        embedding_only = algo_name in ("protonet", "finetune")
+        head_width = None if embedding_only else config.task.ways
+        if (config.task.test_ways or config.task.ways) != config.task.ways and not embedding_only:
+            raise ConfigError(f"key 'task.test_ways': {algo_name} has a {config.task.ways}-way head; "
+                              "test_ways must equal task.ways (use protonet or finetune for any-way testing)")
+        defaults = {"ways": head_width, "in_channels": sources.in_channels}
+        if "image_size" in _parameters(model_cls):
+            defaults["image_size"] = sources.image_size
+        for key, value in defaults.items():
+            if key in _parameters(model_cls):
+                model_kwargs.setdefault(key, value)
+        if algo_name == "finetune":
+            algo_kwargs.setdefault("num_train_classes", sources.num_train_classes)
+    torch.manual_seed(config.seed)
+    model = model_cls(**model_kwargs)
+    return algo_cls(model, **algo_kwargs)
+
+
+def _parameters(factory) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(factory).parameters)
+
+
+def _write_yaml(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def _schedule(config: ExperimentConfig):
+    """The LR schedule named in the config, as the trainer takes it."""
+    tr = config.train
+    if tr.schedule == "linear":
+        total = max(1, tr.steps)
+        return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
+    if tr.schedule == "step" and tr.step_size is not None:
+        return lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=tr.step_size, gamma=tr.gamma)
+    return tr.schedule
+
+
+def _trainer(config: ExperimentConfig, learner, sources: TaskSources, out: Path, progress: bool) -> Trainer:
+    tr = config.train
+    return Trainer(learner, sources.train, val_tasks=sources.val, steps=tr.steps, lr=tr.lr, optimizer=tr.optimizer,
+                   optimizer_kwargs={"weight_decay": tr.weight_decay} if tr.weight_decay else None,
+                   schedule=_schedule(config), grad_clip=tr.grad_clip, val_every=tr.val_every,
+                   val_episodes=tr.val_episodes, out=out, log_every=tr.log_every,
+                   checkpoint_every=tr.checkpoint_every, progress=progress,
+                   device=resolve_device(config.device), seed=config.seed)
+
+
+def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None = None,
+              out: str | os.PathLike | None = None, resume: bool = False, steps: int | None = None,
+              progress: bool = True, raw: dict | None = None) -> Path:
+    """Train (or, with ``resume=True``, continue) a run; returns the run folder."""
+    if resume:
+        if out is None:
+            raise ValueError("resume needs the run folder")
+        run_dir = Path(out)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
+        extra = [f"train.steps={steps}"] if steps is not None else []
+        config, resolved = load_config(run_dir / "config.yaml", overrides=extra)
+        if extra:
+            _write_yaml(run_dir / "config.yaml", resolved)
+    else:
+        config, resolved = load_config(config_path, overrides=overrides, raw=raw)
+        run_dir = Path(out) if out is not None else Path("runs") / config.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_yaml(run_dir / "config.yaml", resolved)
+    sources = build_tasks(config)
+    learner = build_learner(config, sources)
+    if config.train.steps == 0:
+        return run_dir
+    trainer = _trainer(config, learner, sources, run_dir, progress)
+    trainer.fit(resume=resume, overwrite=not resume)
+    return run_dir
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> tuple[ExperimentConfig, MetaLearner, TaskSources]:
+    """The config, the learner with the chosen checkpoint's weights, and the task sources of a run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
+    config, _ = load_config(run_dir / "config.yaml")
+    sources = build_tasks(config)
+    learner = build_learner(config, sources)
+    path = run_dir / f"{checkpoint}.pt"
+    if not path.is_file() and checkpoint == "best":
+        path = run_dir / "last.pt"
+    if path.is_file():
+        learner.load_state_dict(load_checkpoint(path)["model"])
+    elif config.train.steps > 0:
+        raise FileNotFoundError(f"no checkpoint in {str(run_dir)!r} (looked for best.pt and last.pt)")
+    return config, learner.to(resolve_device(config.device)), sources
+
+
+def _fixed_test_episodes(run_dir: Path, config: ExperimentConfig, sources: TaskSources, episodes: int):
+    """The run's saved test episodes (made and saved on first use), so every evaluation scores the same tasks."""
+    batches = math.ceil(episodes / config.eval.batch_size)
+    if config.data.dataset == "sinusoid":
+        return sources.test  # a pure function of (seed, index): nothing to save
+    path = run_dir / "test_episodes.pt"
+    if path.is_file():
+        fixed = FixedEpisodes.load(path, sources.test.dataset)
+        if len(fixed) >= batches:
+            return fixed
+    fixed = sources.test.fixed(batches)
+    fixed.save(path)
+    return fixed
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "commit": commit}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, checkpoint: str = "best",
+                 progress: bool = True) -> dict[str, Any]:
+    """Score a run on its fixed test episodes; writes and returns ``eval.json``'s content."""
+    run_dir = Path(run_dir)
+    config, learner, sources = load_run(run_dir, checkpoint)
+    episodes = episodes or config.eval.episodes
+    tasks = _fixed_test_episodes(run_dir, config, sources, episodes)
+    start = time.perf_counter()
+    result: dict[str, Any] = {"experiment": config.name, "checkpoint": checkpoint, "episodes": episodes, "n": episodes,
+                              "protocol": config.protocol}
+    if sources.task_type == "regression":
+        by_step = evaluate_regression_steps(learner, tasks, episodes=episodes, max_steps=config.eval.max_steps,
+                                            batch_size=config.eval.batch_size, progress=progress)
+        chosen = config.eval.inner_steps if config.eval.inner_steps is not None else getattr(learner, "eval_steps", None)
+        chosen = chosen if chosen is not None and chosen <= config.eval.max_steps else config.eval.max_steps
+        headline = by_step[chosen]
+        result.update(metric="mse", mean=headline.mean, ci95=headline.ci95, steps=chosen,
+                      mse_by_step={str(r.steps): {"mean": r.mean, "ci95": r.ci95} for r in by_step})
+    else:
+        outcome = evaluate(learner, tasks, episodes=episodes, batch_size=config.eval.batch_size,
+                           steps=config.eval.inner_steps, progress=progress)
+        result.update(metric="accuracy", mean=outcome.mean, ci95=outcome.ci95, metrics=outcome.metrics)
+    result["seconds"] = time.perf_counter() - start
+    result["reference"] = _reference(config)
+    result["machine"] = machine_info()
+    tmp = run_dir / "eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, default=float))
+    os.replace(tmp, run_dir / "eval.json")
+    return result
+
+
+def _reference(config: ExperimentConfig):
+    if config.reference is None:
+        return None
+    refs = config.reference if isinstance(config.reference, list) else [config.reference]
+    return [r.model_dump() for r in refs]
+
+
+def adapt_folders(run_dir: str | os.PathLike, support: str | os.PathLike, query: str | os.PathLike,
+                  checkpoint: str = "best") -> list[dict[str, Any]]:
+    """Adapt a trained run to the task in ``support`` (one sub-folder per class) and label the images in
+    ``query``: rows of ``{file, label, probability}``."""
+    from .data import ImageFolder, image_files, load_images
+
+    config, learner, sources = load_run(run_dir, checkpoint)
+    if sources.task_type != "classification":
+        raise ValueError(f"adapt: run {str(run_dir)!r} is a regression run; adapt labels images")
+    size, channels = sources.image_size, sources.in_channels
+    support_set = ImageFolder(support, image_size=size, channels=channels)
+    ways = len(support_set.classes)
+    head = getattr(getattr(learner, "model", None), "out_features", None)
+    if config.algorithm.name not in ("protonet", "finetune") and head is not None and head != ways:
+        raise ValueError(f"adapt: the support folder {str(support)!r} has {ways} classes but this run's "
+                         f"{config.algorithm.name} head is {head}-way; give exactly {head} class folders")
+    files = image_files(query)
+    query_x = support_set.to_float(load_images(files, image_size=size, channels=channels))
+    support_x = support_set.to_float(support_set.examples)
+    support_y = torch.repeat_interleave(torch.arange(ways), support_set.counts)
+    device = resolve_device(config.device)
+    learner.eval()
+    predictor = learner.adapt(support_x.to(device), support_y.to(device))
+    with torch.no_grad():
+        probabilities = torch.softmax(predictor(query_x.to(device)), dim=-1).cpu()
+    confidence, label = probabilities.max(dim=-1)
+    return [{"file": str(f), "label": support_set.classes[int(k)], "probability": round(float(p), 6)}
+            for f, k, p in zip(files, label, confidence)]
