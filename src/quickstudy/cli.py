@@ -38,7 +38,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
-    run_dir = train_run(args.config, overrides=overrides, out=args.out, progress=not args.quiet)
+    limit = args.time_limit * 60 if args.time_limit is not None else None
+    run_dir = train_run(args.config, overrides=overrides, out=args.out, progress=not args.quiet, time_limit=limit)
     payload = {"run_dir": str(run_dir)}
     if args.eval:
         payload["eval"] = evaluate_run(run_dir, episodes=args.episodes, progress=not args.quiet)
@@ -54,7 +55,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .experiment import train_run
 
-    run_dir = train_run(None, out=args.run_dir, resume=True, steps=args.steps, progress=not args.quiet)
+    limit = args.time_limit * 60 if args.time_limit is not None else None
+    run_dir = train_run(None, out=args.run_dir, resume=True, steps=args.steps, progress=not args.quiet,
+                        time_limit=limit)
     if args.json:
         _print_json({"run_dir": str(run_dir)})
     return 0
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.steps=100")
     train.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     train.add_argument("--steps", type=int, default=None, help="override train.steps")
+    train.add_argument("--time-limit", type=float, default=None, metavar="MIN",
+                       help="stop after this many minutes of training (validated and checkpointed)")
     train.add_argument("--eval", action="store_true", help="evaluate on the test episodes afterwards")
     train.add_argument("--episodes", type=int, default=None, help="test episodes for --eval")
     train.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -148,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "uninterrupted run).")
     resume.add_argument("run_dir")
     resume.add_argument("--steps", type=int, default=None, help="new total number of steps")
+    resume.add_argument("--time-limit", type=float, default=None, metavar="MIN",
+                        help="stop once the run's training time reaches this many minutes")
     resume.add_argument("--json", action="store_true", help="print one JSON object at the end")
     resume.add_argument("--quiet", action="store_true", help="no progress bar")
     resume.set_defaults(func=_cmd_resume)

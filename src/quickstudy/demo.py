@@ -71,12 +71,10 @@ def run_demo(quick: bool = False, progress: bool = True, out: str | None = None)
     with tempfile.TemporaryDirectory(prefix="quickstudy-demo-") as scratch:
         root = Path(out) if out else Path(scratch)
         for key, config in DEMO_CONFIGS.items():
-            t0 = time.perf_counter()
             run_dir = train_run(None, raw=config, overrides=_QUICK if quick else [], out=root / key,
                                 progress=progress)
             result = evaluate_run(run_dir, progress=progress, checkpoint="best")
             result.pop("machine", None)
-            result["train_seconds"] = time.perf_counter() - t0 - result["seconds"]
             results[key] = result
     return {"results": results, "seconds": time.perf_counter() - started, "quick": quick}
 

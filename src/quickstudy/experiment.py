@@ -161,10 +161,24 @@ def _trainer(config: ExperimentConfig, learner, sources: TaskSources, out: Path,
                    device=resolve_device(config.device), seed=config.seed)
 
 
+class _TimeLimit:
+    """Stop training (after validating and checkpointing) once ``seconds`` of training have passed."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, trainer: Trainer, step: int, metrics: dict) -> None:
+        if trainer.elapsed >= self.seconds:
+            trainer.should_stop = True
+
+
 def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None = None,
               out: str | os.PathLike | None = None, resume: bool = False, steps: int | None = None,
-              progress: bool = True, raw: dict | None = None) -> Path:
-    """Train (or, with ``resume=True``, continue) a run; returns the run folder."""
+              progress: bool = True, raw: dict | None = None, time_limit: float | None = None) -> Path:
+    """Train (or, with ``resume=True``, continue) a run; returns the run folder.
+
+    ``time_limit`` (seconds of training, across resumes) stops early, validated and checkpointed: the
+    wall-clock budgets of the CPU reproductions."""
     if resume:
         if out is None:
             raise ValueError("resume needs the run folder")
@@ -185,6 +199,8 @@ def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None
     if config.train.steps == 0:
         return run_dir
     trainer = _trainer(config, learner, sources, run_dir, progress)
+    if time_limit is not None:
+        trainer.callbacks.append(_TimeLimit(time_limit))
     trainer.fit(resume=resume, overwrite=not resume)
     return run_dir
 
@@ -259,6 +275,11 @@ def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, checkp
                            steps=config.eval.inner_steps, progress=progress)
         result.update(metric="accuracy", mean=outcome.mean, ci95=outcome.ci95, metrics=outcome.metrics)
     result["seconds"] = time.perf_counter() - start
+    if (run_dir / "last.pt").is_file():
+        last = load_checkpoint(run_dir / "last.pt")
+        result.update(trained_steps=int(last["step"]), train_seconds=float(last.get("elapsed", 0.0)),
+                      best_val=last.get("best"))
+    result["configured_steps"] = config.train.steps
     result["reference"] = _reference(config)
     result["machine"] = machine_info()
     tmp = run_dir / "eval.json.tmp"
