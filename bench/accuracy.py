@@ -62,7 +62,7 @@ def commit() -> str | None:
 
 
 def run_one(config: Path, out_root: Path, time_limit: float | None, episodes: int | None,
-            overrides: list[str]) -> dict:
+            overrides: list[str], threads: int | None = None) -> dict:
     run_dir = out_root / config.stem
     command = [sys.executable, "-m", "quickstudy", "train", str(config), "--out", str(run_dir), "--eval",
                "--json", "--quiet", *overrides]
@@ -70,9 +70,13 @@ def run_one(config: Path, out_root: Path, time_limit: float | None, episodes: in
         command += ["--time-limit", str(time_limit)]
     if episodes is not None:
         command += ["--episodes", str(episodes)]
+    env = dict(os.environ)
+    if threads is not None:
+        # runs side by side must share the cores: torch's default (all cores each) thrashes
+        env["OMP_NUM_THREADS"] = str(threads)
     started = time.perf_counter()
     log = (out_root / f"{config.stem}.log").open("w")
-    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env)
     log.close()
     wall = time.perf_counter() - started
     shown = "python -m quickstudy " + " ".join(shlex.quote(c) for c in command[3:])
@@ -220,7 +224,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         env_info = {"label": args.label, "hardware": hardware(), "commit": commit()}
         with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            new = list(pool.map(lambda c: run_one(c, args.out, args.time_limit, args.episodes, args.set),
+            threads = max(1, (os.cpu_count() or 1) // args.parallel) if args.parallel > 1 else None
+            new = list(pool.map(lambda c: run_one(c, args.out, args.time_limit, args.episodes, args.set, threads),
                                 args.configs))
         for row in new:
             row.update(env_info)
