@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command != "report":
+        import torch
+
+        from .experiment import choose_threads
+
+        torch.set_num_threads(choose_threads())
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:

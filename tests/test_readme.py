@@ -1,0 +1,26 @@
+"""The README's Python example runs (with fewer steps) and its claims about shapes hold."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    text = README.read_text()
+    code = re.search(r"## In Python\n\n```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace("steps=100", "steps=2").replace("episodes=100", "episodes=4").replace("val_every=50", "val_every=2")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    batch = namespace["batch"]
+    assert tuple(batch.support_x.shape) == (8, 5, 1, 28, 28)
+    assert tuple(batch.query_x.shape) == (8, 75, 1, 28, 28)
+    assert tuple(namespace["logits"].shape) == (75, 5)
+    assert (tmp_path / "runs" / "readme" / "last.pt").is_file()
+
+
+def test_readme_names_the_two_commands():
+    text = README.read_text()
+    assert "make demo" in text and "make test" in text
+    assert "make test" in (README.parent / ".ci" / "run").read_text()
