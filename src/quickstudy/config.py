@@ -92,6 +92,7 @@ class TrainConfig(_Strict):
     val_episodes: int = Field(100, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(10, ge=1)
+    time_limit: float | None = Field(None, gt=0)  # minutes of training; stops early, validated and saved
 
 
 class EvalConfig(_Strict):

@@ -217,6 +217,8 @@ def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None
     if config.train.steps == 0:
         return run_dir
     trainer = _trainer(config, learner, sources, run_dir, progress)
+    if time_limit is None and config.train.time_limit is not None:
+        time_limit = config.train.time_limit * 60
     if time_limit is not None:
         trainer.callbacks.append(_TimeLimit(time_limit))
     trainer.fit(resume=resume, overwrite=not resume)
