@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import yaml
 
+from ._atomic import atomic_write_text
 from .algorithms import ALGORITHMS, MetaLearner
 from .config import ConfigError, ExperimentConfig, check_kwargs, load_config
 from .models import MODELS
@@ -153,9 +154,7 @@ def _parameters(factory) -> set[str]:
 
 
 def _write_yaml(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))
 
 
 def _schedule(config: ExperimentConfig):
@@ -302,9 +301,7 @@ def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, checkp
     result["configured_steps"] = config.train.steps
     result["reference"] = _reference(config)
     result["machine"] = machine_info()
-    tmp = run_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=float))
-    os.replace(tmp, run_dir / "eval.json")
+    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2, default=float))
     return result
 
 

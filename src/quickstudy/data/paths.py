@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from .._atomic import atomic_write
 
 __all__ = [
     "ENV_DATA", "ENV_CACHE", "cache_dir", "data_root", "shared_data_dirs", "search_dirs",
@@ -127,71 +128,41 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, tim
     mismatch (the partial file is removed in both cases).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     digest = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed https URLs)
-            except (urllib.error.URLError, ValueError) as exc:
-                raise OSError(f"could not download {url}: {exc}") from exc
-            with response:
-                total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
-                bar = None
-                if progress:
-                    from tqdm import tqdm
-                    bar = tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
-                               desc=f"Downloading {dest.name}", file=sys.stderr)
-                try:
-                    while True:
-                        block = response.read(1 << 16)
-                        if not block:
-                            break
-                        out.write(block)
-                        digest.update(block)
-                        if bar is not None:
-                            bar.update(len(block))
-                finally:
-                    if bar is not None:
-                        bar.close()
-            out.flush()
-            os.fsync(out.fileno())
-        if md5 is not None and digest.hexdigest() != md5.lower():
-            raise ValueError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}")
-        _publish(tmp_name, dest)
-    except BaseException:
+    with atomic_write(dest, suffix=".part") as out:
         try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+            response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed https URLs)
+        except (urllib.error.URLError, ValueError) as exc:
+            raise OSError(f"could not download {url}: {exc}") from exc
+        with response:
+            total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+            bar = None
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
+                           desc=f"Downloading {dest.name}", file=sys.stderr)
+            try:
+                while True:
+                    block = response.read(1 << 16)
+                    if not block:
+                        break
+                    out.write(block)
+                    digest.update(block)
+                    if bar is not None:
+                        bar.update(len(block))
+            finally:
+                if bar is not None:
+                    bar.close()
+        if md5 is not None and digest.hexdigest() != md5.lower():  # raising here discards the download
+            raise ValueError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}")
     return dest
 
 
-def _publish(tmp_name: str, path: Path) -> None:
-    """Make a temp file (mkstemp creates it 0600) readable like a normal file, then move it into place."""
-    os.chmod(tmp_name, 0o644)
-    os.replace(tmp_name, path)
-
-
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """``np.savez`` (uncompressed) to a temporary file beside ``path``, then ``os.replace``."""
+    """``np.savez`` (uncompressed), written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)
-            out.flush()
-            os.fsync(out.fileno())
-        _publish(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as out:
+        np.savez(out, **arrays)
     return path
 
 

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._atomic import atomic_write
 from .batch import TaskBatch
 
-__all__ = ["EpisodeSampler", "EpisodeIndices", "FixedEpisodes", "batch_generator"]
+__all__ = ["EpisodeSampler", "EpisodeIndices", "FixedEpisodes", "IndexedTasks", "batch_generator"]
 
 IntOrRange = int | tuple[int, int]
 
@@ -69,7 +70,38 @@ def _as_range(name: str, value: IntOrRange, minimum: int) -> tuple[int, int]:
     return int(value), int(value)
 
 
-class EpisodeSampler:
+class IndexedTasks:
+    """Random access ``source[i] -> TaskBatch`` (a pure function of ``(seed, i)``), finite when
+    ``num_batches`` is set, infinite otherwise. Subclasses implement :meth:`batch`."""
+
+    num_batches: int | None = None
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError(f"this {type(self).__name__} is infinite: pass num_batches=... to give it a length")
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[TaskBatch]:
+        index = 0
+        while self.num_batches is None or index < self.num_batches:
+            yield self[index]
+            index += 1
+
+    def __getitem__(self, index: int) -> TaskBatch:
+        self._check_index(index)
+        return self.batch(index)
+
+    def batch(self, index: int) -> TaskBatch:
+        raise NotImplementedError
+
+    def _check_index(self, index: object) -> None:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+            raise IndexError(f"batch index must be a non-negative integer, got {index!r}")
+        if self.num_batches is not None and index >= self.num_batches:
+            raise IndexError(f"batch index {index} out of range for num_batches={self.num_batches}")
+
+
+class EpisodeSampler(IndexedTasks):
     """Class-disjoint N-way K-shot Q-query episodes from a :class:`~quickstudy.data.FewShotDataset`.
 
     Each episode picks ``ways`` distinct classes in a random order (that order is the label:
@@ -135,27 +167,13 @@ class EpisodeSampler:
         return (f"EpisodeSampler({self.dataset.name!r}, ways={self.ways_range}, shots={self.shots_range}, "
                 f"queries={self.queries}, batch_size={self.batch_size}, seed={self.seed})")
 
-    def __len__(self) -> int:
-        if self.num_batches is None:
-            raise TypeError("this EpisodeSampler is infinite: pass num_batches=... to give it a length")
-        return self.num_batches
-
-    def __iter__(self) -> Iterator[TaskBatch]:
-        index = 0
-        while self.num_batches is None or index < self.num_batches:
-            yield self[index]
-            index += 1
-
-    def __getitem__(self, index: int) -> TaskBatch:
+    def batch(self, index: int) -> TaskBatch:
         return self.gather(self.sample_indices(index), index)
 
     # ------------------------------------------------------------------ the two halves
     def sample_indices(self, index: int) -> EpisodeIndices:
         """Which classes and examples make batch ``index`` (no image data touched)."""
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-            raise IndexError(f"batch index must be a non-negative integer, got {index!r}")
-        if self.num_batches is not None and index >= self.num_batches:
-            raise IndexError(f"batch index {index} out of range for num_batches={self.num_batches}")
+        self._check_index(index)
         gen = batch_generator(self.seed, index)
         ways = self._draw(self.ways_range, gen)
         shots = self._draw(self.shots_range, gen)
@@ -235,9 +253,8 @@ class FixedEpisodes:
             "shots": [b.shots for b in self.batches],
             "class_names": list(self.dataset.classes),
         }
-        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as handle:
+            torch.save(payload, handle)
 
     @classmethod
     def load(cls, path: str | os.PathLike, dataset) -> "FixedEpisodes":

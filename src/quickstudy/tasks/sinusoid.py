@@ -7,17 +7,15 @@ inputs ``x ~ U[-5, 5]``; a task gives K support and K query points (the paper's 
 from __future__ import annotations
 
 import math
-from typing import Iterator
-
 import torch
 
 from .batch import TaskBatch
-from .sampler import _check_count, batch_generator
+from .sampler import IndexedTasks, _check_count, batch_generator
 
 __all__ = ["Sinusoid"]
 
 
-class Sinusoid:
+class Sinusoid(IndexedTasks):
     """Batches of sinusoid regression tasks; ``sine[i]`` is a pure function of ``(seed, i)``.
 
     Returns TaskBatches with ``support_x, support_y`` of shape ``[B, shots, 1]`` and
@@ -42,17 +40,6 @@ class Sinusoid:
     def __repr__(self) -> str:
         return f"Sinusoid(shots={self.shots}, queries={self.queries}, batch_size={self.batch_size}, seed={self.seed})"
 
-    def __len__(self) -> int:
-        if self.num_batches is None:
-            raise TypeError("this Sinusoid family is infinite: pass num_batches=... to give it a length")
-        return self.num_batches
-
-    def __iter__(self) -> Iterator[TaskBatch]:
-        index = 0
-        while self.num_batches is None or index < self.num_batches:
-            yield self[index]
-            index += 1
-
     def _uniform(self, bounds, shape, gen) -> torch.Tensor:
         low, high = bounds
         return torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
@@ -64,11 +51,7 @@ class Sinusoid:
         phase = self._uniform(self.phase, (self.batch_size,), gen)
         return amplitude, phase
 
-    def __getitem__(self, index: int) -> TaskBatch:
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise IndexError(f"batch index must be a non-negative integer, got {index!r}")
-        if self.num_batches is not None and index >= self.num_batches:
-            raise IndexError(f"batch index {index} out of range for num_batches={self.num_batches}")
+    def batch(self, index: int) -> TaskBatch:
         gen = batch_generator(self.seed, index)
         amplitude = self._uniform(self.amplitude, (self.batch_size,), gen)
         phase = self._uniform(self.phase, (self.batch_size,), gen)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .._atomic import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -52,23 +53,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     if not isinstance(state, dict):
         raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
     _check_loadable(state, "state")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(path.parent)
-    return path
+    with atomic_write(path) as handle:
+        torch.save(state, handle)
+    return Path(path)
 
 
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.Size, torch.dtype, torch.device)
@@ -93,20 +80,6 @@ def _check_loadable(value: Any, where: str) -> None:
         f"save_checkpoint: {where} is a {kind.__module__}.{kind.__qualname__}; a checkpoint may hold only tensors, "
         "dicts, lists, tuples, numbers, strings, booleans and None (so it loads with weights_only=True)"
     )
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (POSIX); harmless to skip where directories can't be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

@@ -9,11 +9,14 @@ no value, e.g. ``accuracy`` for regression); TensorBoard gets every numeric entr
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from .._atomic import atomic_write
 
 __all__ = ["CSV_COLUMNS", "CSVLogger", "TensorBoardLogger", "read_csv"]
 
@@ -60,14 +63,14 @@ class CSVLogger:
         """Replace the file with exactly ``rows`` (atomically); used on resume to drop rows that were
         logged after the checkpoint and would otherwise appear twice."""
         self.close()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        with atomic_write(self.path) as raw:
+            handle = io.TextIOWrapper(raw, encoding="utf-8", newline="")
             writer = csv.writer(handle)
             writer.writerow(self.columns)
             for row in rows:
                 writer.writerow([_cell(row.get(column)) for column in self.columns])
-        os.replace(tmp, self.path)
+            handle.flush()
+            handle.detach()  # leave the binary handle open for atomic_write to fsync and rename
 
     def close(self) -> None:
         if self._handle is not None:

@@ -25,7 +25,6 @@ installed). Rows are logged at ``step`` = the number of completed meta-updates (
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os

@@ -1,0 +1,79 @@
+"""Smoke tests of the speed benchmark's machinery (bench/): seconds, and no peer library needed.
+
+They check that the quickstudy worker and the plain-loop worker do the same work (equal float64
+meta-gradients from the same initial weights and data), that the driver runs end to end and writes its
+JSON, and that a missing peers venv is reported rather than fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+PEERS = os.path.join(BENCH, "peers")
+for path in (BENCH, PEERS):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+common = pytest.importorskip("common")
+
+
+def _meta_grad(worker_name: str, cell_name: str, meta_batch: int = 2):
+    worker = __import__(f"{worker_name}_worker")
+    cell = common.CELLS[cell_name].with_meta_batch(meta_batch)
+    batch = common.make_batch(cell, seed=0, dtype=torch.float64)
+    step, params = worker.build(cell, batch, torch.float64)
+    step()
+    return [p.grad.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("cell, meta_batch", [("maml-1shot-1step-2nd", 2), ("maml-1shot-1step-1st", 1),
+                                              ("protonet-1shot", 1)])
+def test_quickstudy_worker_matches_plain_loop(cell, meta_batch):
+    torch.set_num_threads(1)
+    ours, ref = _meta_grad("quickstudy", cell, meta_batch), _meta_grad("torch_loop", cell, meta_batch)
+    num = sum(float(((a - b) ** 2).sum()) for a, b in zip(ours, ref)) ** 0.5
+    den = sum(float((b ** 2).sum()) for b in ref) ** 0.5
+    assert num / den < 1e-10, f"{cell}: the quickstudy worker's meta-gradient differs from the loop's: {num / den:.2e}"
+
+
+def test_cells_and_data():
+    assert common.select_cells("table") == common.TABLE_CELLS
+    assert set(common.select_cells("maml-5shot-*")) == {n for n in common.CELLS if n.startswith("maml-5shot-")}
+    with pytest.raises(SystemExit):
+        common.select_cells("no-such-cell")
+    cell = common.CELLS["maml-5shot-1step-2nd"].with_meta_batch(3)
+    sx, sy, qx, qy = common.make_batch(cell)
+    assert sx.shape == (3, 25, 1, 28, 28) and qx.shape == (3, 75, 1, 28, 28)
+    assert sy.tolist()[0] == [c for c in range(5) for _ in range(5)]
+    assert torch.equal(common.make_batch(cell)[0], sx)  # fixed seed: the same data for every library
+
+
+def test_speed_driver_end_to_end(tmp_path):
+    import speed
+
+    out = tmp_path / "speed.json"
+    code = speed.main(["--quick", "--no-roofs", "--threads", "1", "--meta-batch", "1", "--cells",
+                       "maml-1shot-1step-1st", "--libs", "quickstudy,learn2learn",
+                       "--peers-python", str(tmp_path / "no-venv" / "python"), "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    rows = data["results"]["maml-1shot-1step-1st"]
+    assert rows["quickstudy"]["tasks_per_s"] > 0 and rows["quickstudy"]["peak_rss_mib"] > 0, rows["quickstudy"]
+    assert "not installed" in rows["learn2learn"]["error"]
+    assert len(data["load_before"]) == 3 and data["machine"]["torch"] == torch.__version__
+
+
+def test_leak_script_runs(capsys):
+    import leak
+
+    code = leak.main(["--steps", "4", "--every", "2", "--meta-batch", "1", "--cell", "maml-1shot-1step-1st",
+                      "--tolerance-mib", "256"])
+    assert code in (0, 1)
+    assert "RSS" in capsys.readouterr().out
