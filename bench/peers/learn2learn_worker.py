@@ -1,0 +1,71 @@
+"""learn2learn 0.2.0, used as in its README / examples/vision/maml_omniglot.py (runs in .peers/venv).
+
+``import learn2learn`` pulls torchvision, gym, scipy, requests, tqdm, PIL and qpth into submodules the
+benchmark never touches; they are not installed, so :mod:`_stubs` puts placeholder modules in their
+place first (see bench/peers/setup.sh). ``learn2learn.algorithms.MAML`` itself needs torch only.
+
+MAML::
+
+    maml = l2l.algorithms.MAML(Conv4BN(), lr=inner_lr, first_order=first_order)
+    per task: learner = maml.clone(); steps x learner.adapt(CE(learner(sx), sy))
+              (CE(learner(qx), qy) / B).backward()
+
+ProtoNet: ``l2l.nn.PrototypicalClassifier(support_embeddings, support_y)`` per task (its prototypes use
+``torch.unique`` and a loop over the classes), logits for the query embeddings, ``(CE / B).backward()``.
+Reptile: learn2learn has no Reptile class (its example is a hand-written loop), so no cell.
+"""
+
+from __future__ import annotations
+
+import _stubs
+
+STUBBED = _stubs.install_learn2learn_stubs()
+
+import learn2learn as l2l  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common import Conv4BN, load_reference  # noqa: E402
+
+LIBRARY = "learn2learn"
+SUPPORTS = {"maml", "protonet"}
+NOTES = f"l2l.algorithms.MAML clone/adapt; stubbed imports: {', '.join(STUBBED) or 'none'}"
+
+
+def version() -> str:
+    return l2l.__version__
+
+
+def build(cell, batch, dtype):
+    sx, sy, qx, qy = batch
+    b = cell.meta_batch
+    if cell.algo == "maml":
+        model = load_reference(Conv4BN(cell.ways), cell.ways).to(dtype)
+        maml = l2l.algorithms.MAML(model, lr=cell.inner_lr, first_order=cell.first_order)
+        opt = torch.optim.Adam(maml.parameters(), lr=cell.outer_lr)
+
+        def step():
+            opt.zero_grad()
+            for i in range(b):
+                learner = maml.clone()
+                for _ in range(cell.steps):
+                    learner.adapt(F.cross_entropy(learner(sx[i]), sy[i]))
+                logits = learner(qx[i])
+                (F.cross_entropy(logits, qy[i]) / b).backward()
+                (logits.detach().argmax(-1) == qy[i]).float().mean()
+            opt.step()
+
+        return step, list(model.parameters())
+
+    model = load_reference(Conv4BN(None), None).to(dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
+
+    def step():
+        opt.zero_grad()
+        for i in range(b):
+            classifier = l2l.nn.PrototypicalClassifier(model(sx[i]), sy[i])
+            logits = classifier(model(qx[i]))
+            (F.cross_entropy(logits, qy[i]) / b).backward()
+        opt.step()
+
+    return step, list(model.parameters())

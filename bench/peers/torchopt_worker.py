@@ -1,0 +1,82 @@
+"""TorchOpt 0.7.3 (runs in .peers/venv). Its C++ ops (torchopt._C) do not load with torch 2.13 (ABI):
+TorchOpt runs its pure-PyTorch path, which is its default (``use_accelerated_op=False``) anyway.
+
+Second order, the OOP API as in its examples/few-shot/maml_omniglot.py::
+
+    inner_opt = torchopt.MetaSGD(model, lr=inner_lr)
+    net_state = torchopt.extract_state_dict(model); opt_state = torchopt.extract_state_dict(inner_opt)
+    per task: steps x inner_opt.step(CE(model(sx), sy))
+              (CE(model(qx), qy) / B).backward()
+              torchopt.recover_state_dict(model, net_state); torchopt.recover_state_dict(inner_opt, opt_state)
+
+First order: ``MetaSGD.step`` always differentiates with ``create_graph=True``, so the first-order
+variant uses the functional API: ``torch.func.functional_call`` on a params tuple, inner gradients by
+``torch.autograd.grad`` without a graph, ``torchopt.sgd(lr).update(..., inplace=False)`` and
+``torchopt.apply_updates(..., inplace=False)`` (d phi / d theta = I). No ProtoNet or Reptile.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchopt
+from torch.func import functional_call
+
+from common import Conv4BN, load_reference
+
+LIBRARY = "TorchOpt"
+SUPPORTS = {"maml"}
+NOTES = "2nd order: MetaSGD + extract/recover_state_dict; 1st order: functional sgd + apply_updates"
+
+
+def version() -> str:
+    return torchopt.__version__
+
+
+def build(cell, batch, dtype):
+    sx, sy, qx, qy = batch
+    b = cell.meta_batch
+    model = load_reference(Conv4BN(cell.ways), cell.ways).to(dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
+
+    if not cell.first_order:
+        inner_opt = torchopt.MetaSGD(model, lr=cell.inner_lr)
+        net_state = torchopt.extract_state_dict(model)
+        opt_state = torchopt.extract_state_dict(inner_opt)
+
+        def step():
+            opt.zero_grad()
+            for i in range(b):
+                for _ in range(cell.steps):
+                    inner_opt.step(F.cross_entropy(model(sx[i]), sy[i]))
+                logits = model(qx[i])
+                (F.cross_entropy(logits, qy[i]) / b).backward()
+                (logits.detach().argmax(-1) == qy[i]).float().mean()
+                torchopt.recover_state_dict(model, net_state)
+                torchopt.recover_state_dict(inner_opt, opt_state)
+            opt.step()
+
+        return step, list(model.parameters())
+
+    names = [n for n, _ in model.named_parameters()]
+    theta = tuple(p for _, p in model.named_parameters())
+    sgd = torchopt.sgd(lr=cell.inner_lr)
+
+    def forward(params, x):
+        return functional_call(model, dict(zip(names, params)), (x,))
+
+    def step():
+        opt.zero_grad()
+        for i in range(b):
+            fast = theta
+            state = sgd.init(fast)
+            for _ in range(cell.steps):
+                grads = torch.autograd.grad(F.cross_entropy(forward(fast, sx[i]), sy[i]), fast)
+                updates, state = sgd.update(grads, state, inplace=False)
+                fast = torchopt.apply_updates(fast, updates, inplace=False)
+            logits = forward(fast, qx[i])
+            (F.cross_entropy(logits, qy[i]) / b).backward()
+            (logits.detach().argmax(-1) == qy[i]).float().mean()
+        opt.step()
+
+    return step, list(model.parameters())
