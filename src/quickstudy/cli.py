@@ -59,6 +59,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                         time_limit=limit)
     if args.json:
         _print_json({"run_dir": str(run_dir)})
+    else:
+        print(f"run continued in {run_dir}", file=sys.stderr)
     return 0
 
 

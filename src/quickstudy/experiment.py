@@ -134,11 +134,10 @@ def build_learner(config: ExperimentConfig, sources: TaskSources) -> MetaLearner
         if (config.task.test_ways or config.task.ways) != config.task.ways and not embedding_only:
             raise ConfigError(f"key 'task.test_ways': {algo_name} has a {config.task.ways}-way head; "
                               "test_ways must equal task.ways (use protonet or finetune for any-way testing)")
-        defaults = {"ways": head_width, "in_channels": sources.in_channels}
-        if "image_size" in _parameters(model_cls):
-            defaults["image_size"] = sources.image_size
+        accepted = _parameters(model_cls)
+        defaults = {"ways": head_width, "in_channels": sources.in_channels, "image_size": sources.image_size}
         for key, value in defaults.items():
-            if key in _parameters(model_cls):
+            if key in accepted:
                 model_kwargs.setdefault(key, value)
         if algo_name == "finetune":
             algo_kwargs.setdefault("num_train_classes", sources.num_train_classes)
