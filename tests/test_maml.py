@@ -190,7 +190,7 @@ def test_custom_loss_callable():
         (dict(inner_steps=True), "inner_steps"),
         (dict(first_order="yes"), "first_order"),
         (dict(loss="hinge"), "loss must be one of 'cross_entropy', 'mse'"),
-        (dict(strategy="threads"), "strategy must be one of 'auto', 'loop', 'vmap'; got 'threads'"),
+        (dict(strategy="parallel"), "strategy must be one of 'auto', 'loop', 'vmap', 'threads'; got 'parallel'"),
         (dict(eval_steps=-2), "eval_steps"),
         (dict(task_type="ranking"), "task_type"),
     ],

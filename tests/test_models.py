@@ -176,3 +176,49 @@ def test_registry_builds_from_plain_arguments():
     assert isinstance(model, Conv4) and model.hidden == 32
     with pytest.raises(ValueError, match="'conv5'"):
         build_model("conv5")
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(stride_variant=True), dict(batch_norm="running"), dict(in_channels=3)])
+def test_conv4_channels_last_on_cpu_equals_the_default_layout_in_float64(kwargs, monkeypatch):
+    """Conv4 runs in channels_last on CPU (and pools before the ReLU): same outputs and gradients, up to
+    summation order, as the plain NCHW network with ReLU before pool."""
+    import quickstudy.models.conv4 as conv4_module
+
+    torch.manual_seed(0)
+    model = Conv4(ways=5, hidden=8, image_size=28, **kwargs).double()
+    x = torch.randn(6, model.in_channels, 28, 28, dtype=torch.float64)
+
+    def reference(module, inputs):  # the textbook order, NCHW, without the fast path
+        blocks = list(module.features)
+        h = inputs
+        for i in range(0, len(blocks), 3 if module.stride_variant else 4):
+            conv, norm = blocks[i], blocks[i + 1]
+            h = torch.relu(norm(conv(h)))
+            if not module.stride_variant:
+                h = nn.functional.max_pool2d(h, 2)
+        h = h.mean(dim=(2, 3)) if module.stride_variant else h.flatten(1)
+        return module.head(h)
+
+    results = []
+    for channels_last in (True, False):
+        monkeypatch.setattr(conv4_module, "CHANNELS_LAST_ON_CPU", channels_last)
+        copy_ = __import__("copy").deepcopy(model)
+        out = copy_(x) if channels_last else reference(copy_, x)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in copy_.named_parameters()},
+                        {n: b.clone() for n, b in copy_.named_buffers()}))
+    (out_a, grads_a, bufs_a), (out_b, grads_b, bufs_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=1e-12, atol=1e-12)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-10, atol=1e-12)
+    for name in bufs_a:
+        torch.testing.assert_close(bufs_a[name], bufs_b[name], rtol=1e-12, atol=1e-12)
+
+
+def test_conv4_state_dict_keys_are_unchanged():
+    keys = list(Conv4(ways=5, hidden=8).state_dict())
+    assert keys == ["features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias",
+                    "features.4.weight", "features.4.bias", "features.5.weight", "features.5.bias",
+                    "features.8.weight", "features.8.bias", "features.9.weight", "features.9.bias",
+                    "features.12.weight", "features.12.bias", "features.13.weight", "features.13.bias",
+                    "head.weight", "head.bias"]

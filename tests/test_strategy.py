@@ -122,3 +122,68 @@ def test_native_batch_norm_under_vmap_is_wrong_at_second_order_which_is_why_vmap
         errors[first_order] = float((grads[0] - grads[1]).norm() / grads[0].norm())
     assert errors[True] < 1e-12
     assert errors[False] > 1e-4, f"native BN under vmap now agrees with the loop ({errors[False]:.2e})"
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "maml-stride"])
+def test_threads_equal_loop_in_float64_and_are_deterministic(name):
+    """strategy='threads' (tasks split over 2 worker threads, each on its own module structure) gives the
+    loop's meta-gradient up to summation order, and the same bits run to run."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for strategy in ("loop", "threads", "threads"):
+            learner = LEARNERS[name](strategy)
+            metrics = learner.meta_backward(image_batch(B=5))
+            grads = {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
+            results.append((metrics, grads))
+        assert torch.get_num_threads() == 2  # restored after the workers ran with one thread each
+    finally:
+        torch.set_num_threads(previous)
+    (loop_metrics, loop_grads), (a_metrics, a_grads), (b_metrics, b_grads) = results
+    assert loop_grads.keys() == a_grads.keys() == b_grads.keys()
+    scale = max(g.abs().max().item() for g in loop_grads.values())
+    for n in loop_grads:
+        torch.testing.assert_close(a_grads[n], loop_grads[n], rtol=1e-10, atol=1e-12 * scale)
+        assert torch.equal(a_grads[n], b_grads[n]), n
+    assert a_metrics == pytest.approx(loop_metrics, rel=1e-12)
+    assert a_metrics == b_metrics
+
+
+def test_threads_accumulate_into_existing_grads_like_the_loop():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for strategy in ("loop", "threads"):
+            learner = LEARNERS["maml"](strategy)
+            learner.meta_backward(image_batch(B=4, seed=1))
+            learner.meta_backward(image_batch(B=4, seed=2))
+            grads.append({n: p.grad.clone() for n, p in learner.named_parameters()})
+    finally:
+        torch.set_num_threads(previous)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-10, atol=1e-14)
+
+
+def test_auto_chooses_threads_on_cpu_for_convolutional_models_with_two_threads():
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        expected = "threads" if (__import__("os").cpu_count() or 1) >= 2 else "loop"
+        assert resolve_strategy("MAML", "auto", conv4(), threads_ok=True) == expected
+        assert resolve_strategy("MAML", "auto", conv4()) == "loop"  # callers without per-thread task functions
+        assert resolve_strategy("MAML", "auto", MLP(1, 1, [40, 40]), threads_ok=True) == "vmap"
+        torch.set_num_threads(1)
+        assert resolve_strategy("MAML", "auto", conv4(), threads_ok=True) == "loop"
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_threads_refuse_shared_running_statistics_and_non_gradient_learners():
+    model = conv4(batch_norm="running")
+    with pytest.raises(ValueError, match="running"):
+        MAML(model, strategy="threads").meta_backward(image_batch())
+    assert resolve_strategy("MAML", "auto", model, threads_ok=True) == "loop"
+    with pytest.raises(ValueError, match="strategy"):
+        ProtoNet(conv4(ways=None), strategy="threads")

@@ -16,6 +16,7 @@ on a detached copy, so no graph of the inner backward is ever built).
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping
 
 import torch
@@ -26,7 +27,7 @@ from ..models.learner import Learner
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, Predictor
 from .losses import LossFn, resolve_loss, summarize
-from .strategy import STRATEGIES, resolve_strategy, run_meta_backward, run_meta_loss, run_predict
+from .strategy import GRADIENT_STRATEGIES, resolve_strategy, run_meta_backward, run_meta_loss, run_predict, thread_workers
 
 __all__ = ["inner_gradients", "sgd_step", "sgd_inner_loop", "GradientMetaLearner", "AdaptedPredictor"]
 
@@ -170,7 +171,7 @@ class GradientMetaLearner(MetaLearner):
         self.inner_steps = check_int(owner, "inner_steps", inner_steps, minimum=0)
         self.eval_steps = None if eval_steps is None else check_int(owner, "eval_steps", eval_steps, minimum=0)
         self.first_order = check_bool(owner, "first_order", first_order)
-        self.strategy = check_choice(owner, "strategy", strategy, STRATEGIES)
+        self.strategy = check_choice(owner, "strategy", strategy, GRADIENT_STRATEGIES)
         self.loss = loss
         self.loss_fn, self.task_type = resolve_loss(owner, loss, task_type)
         if not self.learner.params():
@@ -219,9 +220,43 @@ class GradientMetaLearner(MetaLearner):
 
     def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
         self._check_batch(batch)
-        strategy = resolve_strategy(type(self).__name__, self.strategy, self.model)
-        losses, outputs = run_meta_backward(self.task_loss, self.meta_parameters(), batch, strategy)
+        strategy = resolve_strategy(type(self).__name__, self.strategy, self.model, threads_ok=True)
+        workers = None
+        if strategy == "threads":
+            workers = [w.task_loss for w in self._thread_clones(thread_workers(batch.batch_size))]
+        losses, outputs = run_meta_backward(self.task_loss, self.meta_parameters(), batch, strategy, workers,
+                                            [p for p in self.parameters() if p.requires_grad])
         return summarize(losses, outputs, batch.query_y)
+
+    def _thread_clones(self, count: int) -> list["GradientMetaLearner"]:
+        """``count`` shallow copies of this meta-learner for worker threads, each with its own copy of the
+        model's module structure over the SAME parameter and buffer tensors (``functional_call`` swaps a
+        module's tensors: not thread-safe on one module). Cached while the tensors and modes are unchanged."""
+        modules = list(self.model.modules())
+        key = (tuple(id(t) for t in self.model.parameters()), tuple(id(t) for t in self.model.buffers()),
+               tuple(m.training for m in modules))
+        cache = self.__dict__.get("_thread_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, [])
+            object.__setattr__(self, "_thread_cache", cache)
+        clones = cache[1]
+        while len(clones) < count:
+            memo = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
+            model = copy.deepcopy(self.model, memo)
+            mapping = {id(a): b for a, b in zip(modules, model.modules())}
+            clone = object.__new__(type(self))
+            state = {k: v for k, v in self.__dict__.items() if k != "_thread_cache"}
+            state["_modules"] = dict(self._modules)
+            for k, v in list(state["_modules"].items()):
+                if v is not None and id(v) in mapping:
+                    state["_modules"][k] = mapping[id(v)]
+            for k, v in list(state.items()):
+                if isinstance(v, nn.Module) and id(v) in mapping:  # e.g. ANIL's view of its head module
+                    state[k] = mapping[id(v)]
+            state["learner"] = Learner(model)
+            clone.__dict__.update(state)
+            clones.append(clone)
+        return clones[:count]
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
         owner = type(self).__name__
