@@ -193,11 +193,12 @@ def plot_curves(rows: list[dict]) -> None:
     for r in curves:
         t = [p[0] / 60 for p in r["val_curve"]]
         acc = [100 * p[2] for p in r["val_curve"]]
-        ax.plot(t, acc, marker=".", label=f"{r['experiment']} ({r.get('label')})")
+        device = "GPU" if "GPU" in str(r.get("hardware")) or "H100" in str(r.get("hardware")) else "CPU"
+        ax.plot(t, acc, marker=".", label=f"{r['experiment']} ({device})")
     ax.set_xlabel("training wall-clock time (minutes)")
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(CURVES_PNG, dpi=120)
     print(f"wrote {CURVES_PNG}")
