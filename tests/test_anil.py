@@ -8,22 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from quickstudy.algorithms import ANIL, MetaSGD
-from quickstudy.models import MLP
-from quickstudy.tasks.batch import TaskBatch
-
-
-def class_batch(B=2, N=3, K=2, Q=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    sy = torch.arange(N).repeat_interleave(K).repeat(B, 1)
-    qy = torch.arange(N).repeat_interleave(Q).repeat(B, 1)
-    sx = torch.randn(B, N * K, 2, generator=g, dtype=torch.float64) + sy.unsqueeze(-1)
-    qx = torch.randn(B, N * Q, 2, generator=g, dtype=torch.float64) + qy.unsqueeze(-1)
-    return TaskBatch(sx, sy, qx, qy, ways=N)
+from _toy import class_batch
+from _toy import tiny_mlp as _tiny_mlp
 
 
 def tiny_mlp(seed=0):
-    torch.manual_seed(seed)
-    return MLP(in_features=2, out_features=3, hidden=[5, 4]).double()
+    return _tiny_mlp(seed, hidden=(5, 4))
 
 
 @pytest.mark.parametrize("first_order", [False, True])

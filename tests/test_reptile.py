@@ -7,22 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from quickstudy.algorithms import Reptile
-from quickstudy.models import MLP
-from quickstudy.tasks.batch import TaskBatch
+from _toy import class_batch as _class_batch, tiny_mlp
 
 
-def class_batch(B=3, N=3, K=2, Q=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    sy = torch.arange(N).repeat_interleave(K).repeat(B, 1)
-    qy = torch.arange(N).repeat_interleave(Q).repeat(B, 1)
-    sx = torch.randn(B, N * K, 2, generator=g, dtype=torch.float64) + sy.unsqueeze(-1)
-    qx = torch.randn(B, N * Q, 2, generator=g, dtype=torch.float64) + qy.unsqueeze(-1)
-    return TaskBatch(sx, sy, qx, qy, ways=N)
-
-
-def tiny_mlp(seed=0):
-    torch.manual_seed(seed)
-    return MLP(in_features=2, out_features=3, hidden=[5]).double()
+def class_batch(B=3, **kwargs):
+    return _class_batch(B=B, **kwargs)
 
 
 def adapted_by_hand(model, x, y, steps, make_opt):
