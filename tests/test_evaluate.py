@@ -15,16 +15,6 @@ from quickstudy.training import EvalResult, evaluate, evaluate_regression_steps,
 WAYS, QUERIES = 3, 4  # 12 query points per task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on the shared 2-core machines a second intra-op thread only adds barrier waits
-    (measured 2 ms -> 110 ms per step while a colleague's process holds a core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LabelTasks:
     """Classification batches whose content only matters through episode ids and labels."""
 

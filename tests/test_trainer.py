@@ -29,16 +29,6 @@ DIM, WAYS, SHOTS, QUERIES = 4, 3, 2, 4
 TIMING = {"tasks_per_s", "elapsed"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on the shared 2-core machines a second intra-op thread only adds barrier waits
-    (measured 2 ms -> 110 ms per step while a colleague's process holds a core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class BlobTasks:
     """Gaussian-blob N-way K-shot tasks; batch i is a pure function of (seed, i)."""
 
