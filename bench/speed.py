@@ -9,7 +9,8 @@ and torch.func vmap: same machine, same run, same data, same model, every varian
     .venv/bin/python bench/speed.py --profile --cells maml-1shot-1step-2nd --libs quickstudy,torch_loop
 
 Peers run from .peers/venv (``bash bench/peers/setup.sh``); quickstudy, the plain loop and vmap from
-this interpreter. What each worker does: bench/peers/*_worker.py and bench/README.md.
+this interpreter. ``qs_bf16`` is quickstudy's bfloat16 mode (``train.precision: bfloat16``, autocast); every
+other row is exact float32. What each worker does: bench/peers/*_worker.py and bench/README.md.
 
 Printed: per cell and library, tasks/s (B / median meta-step wall time over --steps timed steps after
 --warmup), the same per CPU-second of the worker, peak RSS of the worker process (ru_maxrss) and its RSS
@@ -35,9 +36,9 @@ sys.path.insert(0, PEERS_DIR)
 
 import common  # noqa: E402
 
-ALL_LIBS = ("quickstudy", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
+ALL_LIBS = ("quickstudy", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
 PEER_LIBS = ("learn2learn", "higher", "torchopt")  # "the fastest peer" is the fastest of these
-PROJECT_LIBS = ("quickstudy", "torch_loop", "vmap")  # run by this interpreter (no peers venv needed)
+PROJECT_LIBS = ("quickstudy", "qs_bf16", "torch_loop", "vmap")  # run by this interpreter (no peers venv needed)
 DEFAULT_PEERS_PYTHON = os.path.join(ROOT, ".peers", "venv", "bin", "python")
 
 #: tasks/s (median) from the issue, measured before quickstudy existed (2-core EPYC, torch 2.13 CPU)
@@ -275,6 +276,7 @@ def main(argv=None) -> int:
     except ValueError:
         parser.error(f"--env takes KEY=VALUE, got {args.env}")
     if args.check:
+        libs = [lib for lib in libs if lib != "qs_bf16"]  # float64 exactness: not a reduced-precision mode
         return check_exactness(cells, libs, args.peers_python, args.threads, args.timeout)
 
     load_before = os.getloadavg()

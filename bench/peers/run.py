@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-LIBS = ("quickstudy", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
+LIBS = ("quickstudy", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
 
 
 def main(argv=None) -> None:

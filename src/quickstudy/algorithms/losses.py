@@ -13,7 +13,14 @@ __all__ = ["LOSSES", "LossFn", "resolve_loss", "summarize"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
+def _full(outputs: Tensor) -> Tensor:
+    """bfloat16/float16 outputs (autocast) are scored in float32: a softmax or a squared error summed in 8 bits
+    of mantissa loses the small differences the meta-gradient is made of."""
+    return outputs.float() if outputs.dtype in (torch.bfloat16, torch.float16) else outputs
+
+
 def _mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    outputs = _full(outputs)
     if outputs.shape != targets.shape:
         raise ValueError(
             f"mse loss: outputs have shape {tuple(outputs.shape)} but targets {tuple(targets.shape)}; they must "
@@ -23,7 +30,7 @@ def _mse(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(_full(logits), labels)
 
 
 #: name -> (loss function, task type)

@@ -45,6 +45,7 @@ written from inside vmap).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -177,6 +178,12 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _autocast_state() -> list[tuple[str, torch.dtype]]:
+    """The autocast contexts active in this thread, as ``(device_type, dtype)`` pairs."""
+    return [(device, torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
+            if torch.is_autocast_enabled(device)]
+
+
 def _threaded_backward(worker_fns: list[TaskFn], meta: Any, batch: TaskBatch,
                        extra_leaves: list[Tensor]) -> tuple[Tensor, Tensor]:
     sx, sy, qx, qy = _fields(batch)
@@ -190,6 +197,7 @@ def _threaded_backward(worker_fns: list[TaskFn], meta: Any, batch: TaskBatch,
             seen.add(id(leaf))
             leaves.append(leaf)
     grad_mode = torch.is_grad_enabled()
+    autocast = _autocast_state()  # thread-local in torch: re-entered in each worker
     chunks = [range(w * B // workers, (w + 1) * B // workers) for w in range(workers)]
 
     def work(w: int):
@@ -197,7 +205,9 @@ def _threaded_backward(worker_fns: list[TaskFn], meta: Any, batch: TaskBatch,
         fn = worker_fns[w]
         total: list[Tensor | None] = [None] * len(leaves)
         losses, outputs = [], []
-        with torch.set_grad_enabled(grad_mode):
+        with torch.set_grad_enabled(grad_mode), contextlib.ExitStack() as stack:
+            for device_type, dtype in autocast:
+                stack.enter_context(torch.autocast(device_type, dtype=dtype))
             for i in chunks[w]:
                 loss, out = fn(meta, sx[i], sy[i], qx[i], qy[i], use_func=False)
                 grads = torch.autograd.grad(loss * scale, leaves, allow_unused=True)

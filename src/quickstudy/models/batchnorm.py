@@ -126,6 +126,8 @@ class TaskBatchNorm(nn.Module):
             )
         # inside torch.func transforms (vmap over tasks): primitive ops only, exact at second order
         shape = (1, self.num_features) + (1,) * (x.dim() - 2)
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()  # autocast: statistics and normalisation in float32 (as the native kernel does)
         if use_batch_stats:
             dims = [0] + list(range(2, x.dim()))
             var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)  # biased, as batch norm

@@ -1,0 +1,27 @@
+"""quickstudy's bfloat16 mode, used as its README says: the same meta-step as ``quickstudy_worker`` under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (what ``Trainer(precision="bfloat16")`` /
+``train.precision: bfloat16`` does). Weights, optimizer state, batch-norm statistics and losses stay in
+float32; convolutions and matrix products run in bfloat16 (AVX-512 BF16 on CPUs that have it)."""
+
+from __future__ import annotations
+
+import torch
+
+import quickstudy_worker
+
+LIBRARY = "quickstudy (bfloat16)"
+SUPPORTS = quickstudy_worker.SUPPORTS
+NOTES = "quickstudy defaults under torch.autocast('cpu', bfloat16) (Trainer precision='bfloat16')"
+version = quickstudy_worker.version
+
+
+def build(cell, batch, dtype):
+    if dtype != torch.float32:
+        raise ValueError("the bfloat16 mode autocasts a float32 model; run it without --float64")
+    float32_step, params = quickstudy_worker.build(cell, batch, dtype)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            float32_step()
+
+    return step, params
