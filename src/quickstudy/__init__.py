@@ -23,9 +23,20 @@ from .training import (
     make_report,
 )
 
+
+def __getattr__(name: str):
+    # quickstudy.rl (gymnasium) and quickstudy.automl (Optuna, scikit-learn, pymfe: the 'automl' extra) load
+    # on first use, so `import quickstudy` stays light
+    if name in ("rl", "automl"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'quickstudy' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
-    "algorithms", "data", "models", "tasks", "training",
+    "algorithms", "data", "models", "tasks", "training", "rl", "automl",
     "TaskBatch", "EpisodeSampler", "FixedEpisodes", "Sinusoid",
     "MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "ProtoNet", "FineTune",
     "Trainer", "evaluate", "evaluate_regression_steps", "EvalResult", "NonFiniteLossError",

@@ -31,7 +31,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rl(path) -> bool:
+    """Whether ``path`` (a config or a run folder) is a meta-RL config (``kind: rl``): handled by quickstudy.rl."""
+    from .rl.config import is_rl_config
+
+    return is_rl_config(path)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    if _rl(args.config):
+        from .rl import cli as rl_cli
+
+        return rl_cli.train(args)
     from .experiment import evaluate_run, train_run
 
     overrides = list(args.overrides)
@@ -52,6 +63,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    if _rl(args.run_dir):
+        from .rl import cli as rl_cli
+
+        return rl_cli.resume(args)
     from .experiment import train_run
 
     limit = args.time_limit * 60 if args.time_limit is not None else None
@@ -77,6 +92,10 @@ def _format_eval(result: dict) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if _rl(args.run_dir):
+        from .rl import cli as rl_cli
+
+        return rl_cli.evaluate(args)
     from .experiment import evaluate_run
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, checkpoint=args.checkpoint,
@@ -108,6 +127,10 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if _rl(args.run_dir):
+        from .rl import cli as rl_cli
+
+        return rl_cli.report(args)
     from .training import make_report
 
     written = [str(p) for p in make_report(args.run_dir)]
@@ -185,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.add_argument("--json", action="store_true", help="print one JSON object")
     report.set_defaults(func=_cmd_report)
+
+    from .automl import cli as automl_cli
+
+    automl_cli.add_commands(sub)
     return parser
 
 
@@ -193,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may come after options too ("train cfg.yaml --out r train.steps=5")
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
+        overrides_ok = all("=" in item and not item.startswith("-") for item in extra)
+        if args.command == "train" and overrides_ok:
             args.overrides = list(args.overrides) + extra
+        elif args.command == "eval" and overrides_ok and _rl(args.run_dir):  # RL: eval.* keys for this evaluation
+            args.overrides = extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command != "report":
