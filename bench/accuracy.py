@@ -142,7 +142,15 @@ def _ours(row: dict) -> str:
     return f"**{row['mean']:.3f} ± {row['ci95']:.3f}**"
 
 
+#: docs/results.md below this line is written by hand (e.g. the meta-RL rows, made by `quickstudy eval`)
+#: and kept as it is when the generated part above is rebuilt
+KEEP_MARKER = "<!-- hand-written sections below: kept by bench/accuracy.py -->"
+
+
 def write_table(rows: list[dict]) -> None:
+    kept = ""
+    if RESULTS_MD.is_file() and KEEP_MARKER in RESULTS_MD.read_text():
+        kept = RESULTS_MD.read_text().split(KEEP_MARKER, 1)[1]
     lines = [
         "# Results",
         "",
@@ -176,7 +184,8 @@ def write_table(rows: list[dict]) -> None:
     if CURVES_PNG.is_file():
         lines += ["## Time to accuracy", "", "Validation accuracy against training wall-clock time, per run:", "",
                   f"![time to accuracy]({CURVES_PNG.name})", ""]
-    RESULTS_MD.write_text("\n".join(lines))
+    lines.append(KEEP_MARKER)
+    RESULTS_MD.write_text("\n".join(lines) + (kept or "\n"))
     print(f"wrote {RESULTS_MD}")
 
 

@@ -24,3 +24,12 @@ def test_readme_names_the_two_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
     assert "make test" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_readme_meta_rl_example_runs():
+    text = README.read_text()
+    code = re.search(r"## Meta-RL\n.*?```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace("sample_tasks(20", "sample_tasks(3").replace(", 20, g,", ", 2, g,")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert set(namespace["fast"]) == set(namespace["learner"].params())  # adapted weights, one set per name
