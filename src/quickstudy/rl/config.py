@@ -19,15 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from ..config import ConfigError, _format_errors, apply_overrides
+from ..config import ConfigError, _format_errors, _Strict, apply_overrides
 
 __all__ = ["RLConfig", "load_rl_config", "is_rl_config"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
 
 class RLReference(_Strict):
