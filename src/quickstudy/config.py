@@ -157,13 +157,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                raw: dict | None = None) -> tuple[ExperimentConfig, dict]:
-    """Read, override and validate; returns the config and the resolved raw dict (to write back)."""
+def read_raw(path: str | Path | None, overrides: list[str] | None, raw: dict | None,
+             default: dict | None = None) -> tuple[Any, str]:
+    """The YAML at ``path`` (or ``raw``, or ``default`` when neither is given) with ``key=value`` overrides
+    applied, and the name to report errors under. Shared by every config kind (supervised, meta-RL, search)."""
     source = str(path) if path is not None else "config"
     if raw is None:
         if path is None:
-            raw = {}
+            raw = dict(default or {})
         else:
             path = Path(path)
             if not path.is_file():
@@ -172,7 +173,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raw = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as error:
                 raise ConfigError(f"{source}: not valid YAML: {error}") from None
-    raw = apply_overrides(raw, overrides or [])
+    return apply_overrides(raw, overrides or []), source
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                raw: dict | None = None) -> tuple[ExperimentConfig, dict]:
+    """Read, override and validate; returns the config and the resolved raw dict (to write back)."""
+    raw, source = read_raw(path, overrides, raw)
     config = _parse(raw, source)
     return config, config.model_dump(mode="json", exclude_none=False)
 

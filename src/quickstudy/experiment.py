@@ -156,6 +156,29 @@ def _write_yaml(path: Path, payload: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))
 
 
+def open_run_dir(load, config_path, overrides: list[str] | None, raw: dict | None, out, resume: bool,
+                 resume_overrides: list[str]) -> tuple[Any, Path]:
+    """``(config, run folder)`` for a fresh run (config resolved from ``config_path`` + ``overrides`` and
+    written to ``run/config.yaml``) or a resumed one (the run's own config, with ``resume_overrides``
+    written back). ``load(path, overrides=..., raw=...) -> (config, resolved dict)``: the config kind's
+    loader (supervised, meta-RL)."""
+    if resume:
+        if out is None:
+            raise ValueError("resume needs the run folder")
+        run_dir = Path(out)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
+        config, resolved = load(run_dir / "config.yaml", overrides=resume_overrides)
+        if resume_overrides:
+            _write_yaml(run_dir / "config.yaml", resolved)
+        return config, run_dir
+    config, resolved = load(config_path, overrides=overrides, raw=raw)
+    run_dir = Path(out) if out is not None else Path("runs") / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_yaml(run_dir / "config.yaml", resolved)
+    return config, run_dir
+
+
 def _schedule(config: ExperimentConfig):
     """The LR schedule named in the config, as the trainer takes it."""
     tr = config.train
@@ -195,21 +218,8 @@ def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None
 
     ``time_limit`` (seconds of training, across resumes) stops early, validated and checkpointed: the
     wall-clock budgets of the CPU reproductions."""
-    if resume:
-        if out is None:
-            raise ValueError("resume needs the run folder")
-        run_dir = Path(out)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
-        extra = [f"train.steps={steps}"] if steps is not None else []
-        config, resolved = load_config(run_dir / "config.yaml", overrides=extra)
-        if extra:
-            _write_yaml(run_dir / "config.yaml", resolved)
-    else:
-        config, resolved = load_config(config_path, overrides=overrides, raw=raw)
-        run_dir = Path(out) if out is not None else Path("runs") / config.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_yaml(run_dir / "config.yaml", resolved)
+    config, run_dir = open_run_dir(load_config, config_path, overrides, raw, out, resume,
+                                   [f"train.steps={steps}"] if steps is not None else [])
     sources = build_tasks(config)
     learner = build_learner(config, sources)
     if config.train.steps == 0:

@@ -30,10 +30,9 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import ConfigError, apply_overrides, check_kwargs, load_config
+from ..config import ConfigError, apply_overrides, check_kwargs, load_config, read_raw
 
 __all__ = ["FloatParam", "IntParam", "CategoricalParam", "SearchSpace", "load_search_config", "sample_overrides",
            "active_params", "apply_values", "set_dotted", "get_dotted"]
@@ -245,17 +244,9 @@ def _validate_against(space: SearchSpace, base: dict, source: str) -> None:
 def load_search_config(path: str | Path | None = None, raw: dict | None = None,
                        overrides: list[str] | None = None) -> tuple[SearchSpace, dict]:
     """Read a search config: the validated ``search:`` section and the experiment config without it (raw)."""
-    source = str(path) if path is not None else "config"
-    if raw is None:
-        if path is None:
-            raise ValueError("load_search_config needs a path or a raw dict")
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"search config {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{source}: not valid YAML: {error}") from None
+    if raw is None and path is None:
+        raise ValueError("load_search_config needs a path or a raw dict")
+    raw, source = read_raw(path, None, raw)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config must be a mapping of keys to values")
     raw = apply_overrides(raw, overrides or [])

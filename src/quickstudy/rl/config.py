@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from ..config import ConfigError, _format_errors, _Strict, apply_overrides
+from ..config import ConfigError, _format_errors, _Strict, read_raw
 
 __all__ = ["RLConfig", "load_rl_config", "is_rl_config"]
 
@@ -131,19 +131,7 @@ def is_rl_config(path: str | Path | None) -> bool:
 def load_rl_config(path: str | Path | None = None, overrides: list[str] | None = None,
                    raw: dict | None = None) -> tuple[RLConfig, dict]:
     """Read, override and validate; returns the config and the resolved raw dict (to write back)."""
-    source = str(path) if path is not None else "config"
-    if raw is None:
-        if path is None:
-            raw = {"kind": "rl"}
-        else:
-            path = Path(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-            try:
-                raw = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as error:
-                raise ConfigError(f"{source}: not valid YAML: {error}") from None
-    raw = apply_overrides(raw, overrides or [])
+    raw, source = read_raw(path, overrides, raw, default={"kind": "rl"})
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config must be a mapping of keys to values, got {type(raw).__name__}")
     try:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_write_text
+from ..experiment import open_run_dir
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.logging import CSVLogger, read_csv
 from .config import RLConfig, load_rl_config
@@ -83,10 +83,6 @@ def meta_iteration(learner: MAMLRL, family: TaskFamily, config: RLConfig, genera
             "env_steps": sum(b.env_steps() for b in trains) + valid.env_steps()}
 
 
-def _write_yaml(path: Path, payload: dict) -> None:
-    atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))
-
-
 def _save(path: Path, learner: MAMLRL, generator: torch.Generator, iteration: int, elapsed: float,
           history: list[dict], env_steps: int) -> None:
     save_checkpoint(path, {"format": RL_FORMAT, "version": RL_VERSION, "iteration": iteration,
@@ -108,22 +104,10 @@ def train_rl(config_path: str | os.PathLike | None, overrides: list[str] | None 
 
     ``time_limit`` (seconds of training, across resumes; default ``train.time_limit`` minutes) stops early
     with a checkpoint."""
-    if resume:
-        if out is None:
-            raise ValueError("resume needs the run folder")
-        run_dir = Path(out)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
-        extra = [f"train.iterations={iterations}"] if iterations is not None else []
-        config, resolved = load_rl_config(run_dir / "config.yaml", overrides=extra)
-        if extra:
-            _write_yaml(run_dir / "config.yaml", resolved)
-    else:
-        extra = list(overrides or []) + ([f"train.iterations={iterations}"] if iterations is not None else [])
-        config, resolved = load_rl_config(config_path, overrides=extra, raw=raw)
-        run_dir = Path(out) if out is not None else Path("runs") / config.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_yaml(run_dir / "config.yaml", resolved)
+    extra = [f"train.iterations={iterations}"] if iterations is not None else []
+    config, run_dir = open_run_dir(load_rl_config, config_path, list(overrides or []) + extra, raw, out, resume,
+                                   extra)
+    if not resume:
         for stale in ("metrics.csv", "last.pt", "eval.json"):
             (run_dir / stale).unlink(missing_ok=True)
     family, learner = build_rl(config)
