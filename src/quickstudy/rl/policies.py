@@ -152,7 +152,10 @@ def policy_outputs(policy: nn.Module, params: Params, obs: Tensor, *, per_task: 
         return torch.func.vmap(lambda p, o: call(policy, p, (o,)))(params, obs)
     if strategy != "loop":
         raise ValueError(f"policy_outputs: strategy must be 'vmap' or 'loop', got {strategy!r}")
-    outs = [call(policy, task_params(params, i), (obs[i],)) for i in range(obs.shape[0])]
+    # one unbind per parameter, not B selects: a select's backward writes a full [B, ...] zero tensor per task
+    columns = {k: v.unbind(0) for k, v in params.items()}
+    outs = [call(policy, {k: column[i] for k, column in columns.items()}, (task_obs,))
+            for i, task_obs in enumerate(obs.unbind(0))]
     if isinstance(outs[0], tuple):
         return tuple(torch.stack(parts) for parts in zip(*outs))
     return torch.stack(outs)
