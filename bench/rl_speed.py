@@ -13,6 +13,10 @@ Rows:
   policy call per step) vs the loop (one policy call per env per step);
 * ``meta-iteration``: a full MAML-TRPO iteration (sample, adapt, sample, TRPO step) — batched sampling with the
   per-task gradient strategy ``loop`` (the default) and ``vmap``, vs per-task-loop sampling + ``loop``.
+* with ``--halfcheetah`` (needs the mujoco extra): HalfCheetah-Dir stepped by ``MujocoVecEnv`` (``mj_step`` on
+  each episode's data, over ``--threads`` threads, rewards for the batch at once) vs gymnasium's ``step`` one
+  env at a time (``GymVecEnv``), for random actions (``halfcheetah-env``) and for a MAML-TRPO iteration of
+  ``configs/rl/maml-trpo-halfcheetah-dir-cpu.yaml`` (``halfcheetah-iteration``; 2 x 20 x 20 x 200 steps).
 
 Prints a table (median of --repeats) and writes bench/out/rl_speed.json with machine info and raw timings.
 """
@@ -104,6 +108,37 @@ def loop_meta_iteration(learner: MAMLRL, family, config, generator) -> None:
     learner.step([train], valid)
 
 
+HC_CONFIG = os.path.join(os.path.dirname(HERE), "configs", "rl", "maml-trpo-halfcheetah-dir-cpu.yaml")
+HC_ENV_STEPS = 20 * 20 * 200  # random-action rows: 20 tasks x 20 episodes x 200 steps
+HC_ITERATION_STEPS = 2 * 20 * 20 * 200  # the config's meta-iteration: pre- and post-adaptation sampling
+
+
+def halfcheetah_rows(args) -> dict[str, list[float]]:
+    """Direct ``mj_step`` stepping vs gymnasium's ``step``, for random actions and for a meta-iteration."""
+    config, _ = load_rl_config(HC_CONFIG)
+    family, learner = build_rl(config)
+    tasks = family.sample_tasks(20, torch.Generator().manual_seed(0))
+
+    def random_actions(make_env) -> None:
+        g = torch.Generator().manual_seed(0)
+        env = make_env(tasks, 20)
+        env.reset(g)
+        for _ in range(family.horizon):
+            env.step(torch.rand(20, 20, family.action_dim, generator=g) * 2 - 1)
+        env.close()
+
+    rows = {"halfcheetah-env/direct mj_step": timed(lambda: random_actions(family.make_env), args.repeats),
+            "halfcheetah-env/gymnasium step loop": timed(lambda: random_actions(family.make_gym_env), args.repeats)}
+    direct = family.make_env
+    for name, make_env in (("direct mj_step", direct), ("gymnasium step loop", family.make_gym_env)):
+        family.make_env = make_env
+        gen = torch.Generator().manual_seed(0)
+        rows[f"halfcheetah-iteration/{name}"] = timed(lambda: meta_iteration(learner, family, config, gen),
+                                                      args.iterations)
+    family.make_env = direct
+    return rows
+
+
 def timed(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -122,6 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=2, help="timed meta-iterations per variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="B=4, E=4, H=20, one repeat, one iteration")
+    parser.add_argument("--halfcheetah", action="store_true", help="add the HalfCheetah rows (mujoco extra)")
     parser.add_argument("--json", default=os.path.join(HERE, "out", "rl_speed.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -162,6 +198,9 @@ def main(argv=None) -> int:
             fn = lambda: meta_iteration(learner, family_c, config, gen)  # noqa: E731
         rows[name] = timed(fn, args.iterations)
 
+    if args.halfcheetah:
+        rows.update(halfcheetah_rows(args))
+
     print()
     print(f"B={args.tasks} tasks x E={args.episodes} episodes x H={args.horizon} steps; threads={args.threads}")
     header = f"{'row':<42}{'median s':>10}{'env steps/s':>14}{'iters/hour':>12}{'speed-up':>10}"
@@ -177,6 +216,11 @@ def main(argv=None) -> int:
         if kind == "meta-iteration":
             entry["iterations_per_hour"] = 3600 / median
             entry["env_steps_per_s"] = 2 * steps / median
+        elif kind == "halfcheetah-iteration":
+            entry["iterations_per_hour"] = 3600 / median
+            entry["env_steps_per_s"] = HC_ITERATION_STEPS / median
+        elif kind == "halfcheetah-env":
+            entry["env_steps_per_s"] = HC_ENV_STEPS / median
         else:
             entry["env_steps_per_s"] = steps / median
         summary[name] = entry
