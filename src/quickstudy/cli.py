@@ -39,39 +39,46 @@ def _rl(path) -> bool:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    limit = args.time_limit * 60 if args.time_limit is not None else None
     if _rl(args.config):
         from .rl import cli as rl_cli
 
-        return rl_cli.train(args)
-    from .experiment import evaluate_run, train_run
+        run_dir = rl_cli.train(args, limit)
+        evaluate = lambda: rl_cli.evaluate(run_dir, args.episodes, not args.quiet)
+        format_eval = rl_cli.format_eval
+    else:
+        from .experiment import evaluate_run, train_run
 
-    overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    limit = args.time_limit * 60 if args.time_limit is not None else None
-    run_dir = train_run(args.config, overrides=overrides, out=args.out, progress=not args.quiet, time_limit=limit)
+        overrides = list(args.overrides)
+        if args.steps is not None:
+            overrides.append(f"train.steps={args.steps}")
+        run_dir = train_run(args.config, overrides=overrides, out=args.out, progress=not args.quiet,
+                            time_limit=limit)
+        evaluate = lambda: evaluate_run(run_dir, episodes=args.episodes, progress=not args.quiet)
+        format_eval = _format_eval
     payload = {"run_dir": str(run_dir)}
     if args.eval:
-        payload["eval"] = evaluate_run(run_dir, episodes=args.episodes, progress=not args.quiet)
+        payload["eval"] = evaluate()
     if args.json:
         _print_json(payload)
     else:
         print(f"run written to {run_dir}", file=sys.stderr)
         if "eval" in payload:
-            print(_format_eval(payload["eval"]))
+            print(format_eval(payload["eval"]))
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    limit = args.time_limit * 60 if args.time_limit is not None else None
     if _rl(args.run_dir):
         from .rl import cli as rl_cli
 
-        return rl_cli.resume(args)
-    from .experiment import train_run
+        run_dir = rl_cli.resume(args, limit)
+    else:
+        from .experiment import train_run
 
-    limit = args.time_limit * 60 if args.time_limit is not None else None
-    run_dir = train_run(None, out=args.run_dir, resume=True, steps=args.steps, progress=not args.quiet,
-                        time_limit=limit)
+        run_dir = train_run(None, out=args.run_dir, resume=True, steps=args.steps, progress=not args.quiet,
+                            time_limit=limit)
     if args.json:
         _print_json({"run_dir": str(run_dir)})
     else:
@@ -95,15 +102,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if _rl(args.run_dir):
         from .rl import cli as rl_cli
 
-        return rl_cli.evaluate(args)
-    from .experiment import evaluate_run
+        result = rl_cli.evaluate(args.run_dir, args.episodes, not args.json, getattr(args, "overrides", None))
+        format_eval = rl_cli.format_eval
+    else:
+        from .experiment import evaluate_run
 
-    result = evaluate_run(args.run_dir, episodes=args.episodes, checkpoint=args.checkpoint,
-                          progress=not args.json)
+        result = evaluate_run(args.run_dir, episodes=args.episodes, checkpoint=args.checkpoint,
+                              progress=not args.json)
+        format_eval = _format_eval
     if args.json:
         _print_json(result)
     else:
-        print(_format_eval(result))
+        print(format_eval(result))
     return 0
 
 
@@ -128,11 +138,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     if _rl(args.run_dir):
-        from .rl import cli as rl_cli
-
-        return rl_cli.report(args)
-    from .training import make_report
-
+        from .rl.cli import report as make_report
+    else:
+        from .training import make_report
     written = [str(p) for p in make_report(args.run_dir)]
     if args.json:
         _print_json({"files": written})

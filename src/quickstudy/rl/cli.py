@@ -1,20 +1,15 @@
-"""The RL side of the ``quickstudy`` command: ``train``/``resume``/``eval``/``report`` dispatch here when the
-config (or the run folder's ``config.yaml``) says ``kind: rl``. Same flags and ``--json`` contract as the
-supervised commands: exactly one JSON object on stdout, progress and messages on stderr."""
+"""The RL side of the ``quickstudy`` command: ``train``/``resume``/``eval``/``report`` call these when the
+config (or the run folder's ``config.yaml``) says ``kind: rl``; :mod:`quickstudy.cli` prints their results
+(same flags and ``--json`` contract as the supervised commands)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+from pathlib import Path
 
 from .config import is_rl_config
 
 __all__ = ["is_rl_config", "train", "resume", "evaluate", "report", "format_eval"]
-
-
-def _print_json(payload: dict) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, default=float) + "\n")
 
 
 def format_eval(result: dict) -> str:
@@ -29,58 +24,28 @@ def format_eval(result: dict) -> str:
     return line
 
 
-def train(args: argparse.Namespace) -> int:
-    from .experiment import evaluate_rl_run, train_rl
-
-    overrides = list(args.overrides)
-    limit = args.time_limit * 60 if args.time_limit is not None else None
-    run_dir = train_rl(args.config, overrides=overrides, out=args.out, iterations=args.steps,
-                       progress=not args.quiet, time_limit=limit)
-    payload: dict = {"run_dir": str(run_dir)}
-    if args.eval:
-        payload["eval"] = evaluate_rl_run(run_dir, tasks=args.episodes, progress=not args.quiet)
-    if args.json:
-        _print_json(payload)
-    else:
-        print(f"run written to {run_dir}", file=sys.stderr)
-        if "eval" in payload:
-            print(format_eval(payload["eval"]))
-    return 0
-
-
-def resume(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace, time_limit: float | None) -> Path:
     from .experiment import train_rl
 
-    limit = args.time_limit * 60 if args.time_limit is not None else None
-    run_dir = train_rl(None, out=args.run_dir, resume=True, iterations=args.steps, progress=not args.quiet,
-                       time_limit=limit)
-    if args.json:
-        _print_json({"run_dir": str(run_dir)})
-    else:
-        print(f"run continued in {run_dir}", file=sys.stderr)
-    return 0
+    return train_rl(args.config, overrides=list(args.overrides), out=args.out, iterations=args.steps,
+                    progress=not args.quiet, time_limit=time_limit)
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """``--episodes`` sets the number of held-out tasks (default ``eval.tasks``)."""
+def resume(args: argparse.Namespace, time_limit: float | None) -> Path:
+    from .experiment import train_rl
+
+    return train_rl(None, out=args.run_dir, resume=True, iterations=args.steps, progress=not args.quiet,
+                    time_limit=time_limit)
+
+
+def evaluate(run_dir: str | Path, tasks: int | None, progress: bool, overrides: list[str] | None = None) -> dict:
+    """``tasks`` (the CLI's ``--episodes``) is the number of held-out tasks (default ``eval.tasks``)."""
     from .experiment import evaluate_rl_run
 
-    result = evaluate_rl_run(args.run_dir, tasks=args.episodes, progress=not args.json,
-                             overrides=list(getattr(args, "overrides", None) or []))
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_eval(result))
-    return 0
+    return evaluate_rl_run(run_dir, tasks=tasks, progress=progress, overrides=list(overrides or []))
 
 
-def report(args: argparse.Namespace) -> int:
+def report(run_dir: str | Path) -> list[Path]:
     from .report import make_rl_report
 
-    written = [str(p) for p in make_rl_report(args.run_dir)]
-    if args.json:
-        _print_json({"files": written})
-    else:
-        for path in written:
-            print(path)
-    return 0
+    return make_rl_report(run_dir)
