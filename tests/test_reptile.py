@@ -108,3 +108,67 @@ def test_non_finite_adaptation_raises():
     x[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="non-finite"):
         Reptile(tiny_mlp(), inner_optimizer="sgd").adapt(x, task.support_y)
+
+
+def test_inner_batch_steps_on_mini_batches_that_cover_the_set_once_per_epoch():
+    """inner_batch=2 on 6 support examples, 3 steps: each step sees the next 2 of a random permutation;
+    meta_backward uses inner_batch, adapt uses eval_batch."""
+    model = tiny_mlp(4)
+    batch = class_batch(B=1, seed=4)
+    task = batch.task(0)
+    torch.manual_seed(7)
+    order = torch.randperm(6)
+    clone = copy.deepcopy(model)
+    opt = torch.optim.SGD(clone.parameters(), lr=0.1)
+    for step in range(3):
+        index = order[2 * step: 2 * step + 2]
+        opt.zero_grad()
+        F.cross_entropy(clone(task.support_x[index]), task.support_y[index]).backward()
+        opt.step()
+    phi = [p.detach() for p in clone.parameters()]
+    reptile = Reptile(model, inner_lr=0.1, inner_steps=3, inner_optimizer="sgd", inner_batch=2)
+    torch.manual_seed(7)
+    reptile.meta_backward(batch)
+    for p, q in zip(model.parameters(), phi):
+        torch.testing.assert_close(p.grad, p.detach() - q)
+    evaluator = Reptile(model, inner_lr=0.1, inner_steps=3, inner_optimizer="sgd", eval_batch=2)
+    torch.manual_seed(7)
+    predictor = evaluator.adapt(task.support_x, task.support_y)
+    torch.testing.assert_close(predictor(task.query_x), clone(task.query_x).detach())
+    full = Reptile(model, inner_lr=0.1, inner_steps=3, inner_optimizer="sgd").adapt(task.support_x, task.support_y)
+    assert not torch.allclose(predictor(task.query_x), full(task.query_x))
+
+
+def test_inner_batch_at_least_the_set_size_is_the_whole_set_and_eval_batch_applies_to_adapt():
+    model = tiny_mlp(5)
+    batch = class_batch(seed=5)
+    whole = Reptile(model, inner_lr=0.1, inner_steps=2, inner_optimizer="sgd")
+    big = Reptile(model, inner_lr=0.1, inner_steps=2, inner_optimizer="sgd", inner_batch=6, eval_batch=100)
+    task = batch.task(0)
+    torch.testing.assert_close(big.adapt(task.support_x, task.support_y)(task.query_x),
+                               whole.adapt(task.support_x, task.support_y)(task.query_x))
+    whole.meta_backward(batch)
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    big.meta_backward(batch)
+    for g, p in zip(expected, model.parameters()):
+        torch.testing.assert_close(p.grad, g)
+    small_eval = Reptile(model, inner_lr=0.1, inner_steps=2, inner_optimizer="sgd", eval_batch=1)
+    assert not torch.allclose(small_eval.adapt(task.support_x, task.support_y)(task.query_x),
+                              whole.adapt(task.support_x, task.support_y)(task.query_x))
+    with pytest.raises(ValueError, match="inner_batch"):
+        Reptile(tiny_mlp(), inner_batch=0)
+
+
+def test_evaluation_with_eval_mini_batches_is_repeatable_and_leaves_the_global_generator_alone():
+    from quickstudy.training.evaluate import evaluate
+
+    batch = class_batch(B=4, K=3, seed=6)
+    reptile = Reptile(tiny_mlp(6), inner_lr=0.5, inner_steps=3, inner_optimizer="sgd", eval_batch=2)
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    first = evaluate(reptile, [batch], episodes=4, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(2)
+    second = evaluate(reptile, [batch], episodes=4, progress=False)
+    assert first.per_episode == second.per_episode

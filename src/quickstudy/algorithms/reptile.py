@@ -2,8 +2,10 @@ r"""Reptile (Nichol, Achiam & Schulman, 2018, "On First-Order Meta-Learning Algo
 
 For each task i of the batch, starting from theta:
 
-    inner loop:    phi_i = k steps of SGD (or Adam) on L(f(D_i.x; phi), D_i.y),   phi_i^0 = theta
-                   (D_i = the support set, or support + query with inner_data="support+query")
+    inner loop:    phi_i = k steps of SGD (or Adam) on L(f(B_i^j.x; phi), B_i^j.y),   phi_i^0 = theta
+                   (D_i = the support set, or support + query with inner_data="support+query";
+                    B_i^j = D_i, or with inner_batch=b the j-th mini-batch of b examples drawn from
+                    D_i without replacement, reshuffled when exhausted, as in the paper's code)
     outer update:  theta <- theta + epsilon * 1/B * sum_i (phi_i - theta)
 
 The outer update is not the gradient of any loss, so there is no ``meta_loss`` (it raises). Instead
@@ -15,9 +17,11 @@ so that ``torch.optim.SGD(reptile.parameters(), lr=epsilon).step()`` performs ex
 (Adam or a schedule on the outer step also work, as in the paper's experiments). ``meta_step(batch,
 optimizer)`` does zero_grad, meta_backward and step in one call.
 
-Inner loop as implemented: every step uses the whole inner data set (no inner mini-batches), with a
-fresh optimizer per task (the paper's Adam, beta1 = 0 by default here, as in its few-shot runs).
-Evaluation adapts for ``eval_steps`` steps (default ``inner_steps``; the paper used more at test time).
+Inner loop as implemented: a fresh optimizer per task (the paper's Adam, beta1 = 0 by default here, as in
+its few-shot runs); each step sees the whole inner data set unless ``inner_batch`` is set (the paper's
+Omniglot runs: 10 of the 5-way x 10-shot set, 20 of the 20-way set, so k steps make one epoch).
+Evaluation adapts for ``eval_steps`` steps (default ``inner_steps``; the paper used 50) on mini-batches of
+``eval_batch`` support examples (default: the whole support set).
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ INNER_DATA = ("support", "support+query")
 
 class Reptile(MetaLearner):
     """``Reptile(model, inner_lr=0.001, inner_steps=5, inner_optimizer="adam", eval_steps=None,
-    loss="cross_entropy", inner_data="support", adam_beta1=0.0, adam_beta2=0.999)``."""
+    loss="cross_entropy", inner_data="support", adam_beta1=0.0, adam_beta2=0.999, inner_batch=None,
+    eval_batch=None)``."""
 
     def __init__(
         self,
@@ -56,6 +61,8 @@ class Reptile(MetaLearner):
         adam_beta1: float = 0.0,
         adam_beta2: float = 0.999,
         task_type: str | None = None,
+        inner_batch: int | None = None,
+        eval_batch: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model, Learner):
@@ -73,12 +80,15 @@ class Reptile(MetaLearner):
             if check_number("Reptile", name, beta, allow_zero=True) >= 1:
                 raise ValueError(f"Reptile: {name} must be in [0, 1), got {beta!r}")
         self.betas = (float(adam_beta1), float(adam_beta2))
+        self.inner_batch = None if inner_batch is None else check_int("Reptile", "inner_batch", inner_batch, minimum=1)
+        self.eval_batch = None if eval_batch is None else check_int("Reptile", "eval_batch", eval_batch, minimum=1)
         self.loss = loss
         self.loss_fn, self.task_type = resolve_loss("Reptile", loss, task_type)
 
     # ------------------------------------------------------------------ the maths
-    def _inner(self, x: Tensor, y: Tensor, steps: int) -> tuple[dict[str, Tensor], list[Tensor]]:
-        """phi after ``steps`` optimizer steps from theta on (x, y), detached; and the loss before each step."""
+    def _inner(self, x: Tensor, y: Tensor, steps: int, batch_size: int | None = None) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """phi after ``steps`` optimizer steps from theta on (x, y) (mini-batches of ``batch_size``), detached;
+        and the loss before each step."""
         phi = {k: v.detach().clone().requires_grad_(True) for k, v in self.learner.params().items()}
         tensors = list(phi.values())
         if self.inner_optimizer == "sgd":
@@ -86,9 +96,11 @@ class Reptile(MetaLearner):
         else:
             opt = torch.optim.Adam(tensors, lr=self.inner_lr, betas=self.betas)
         losses = []
+        batches = _mini_batches(len(x), batch_size, steps)
         with torch.enable_grad():
-            for _ in range(steps):
-                loss = self.loss_fn(self.learner(phi, x), y)
+            for index in batches:
+                xb, yb = (x, y) if index is None else (x[index.to(x.device)], y[index.to(y.device)])
+                loss = self.loss_fn(self.learner(phi, xb), yb)
                 for t, g in zip(tensors, torch.autograd.grad(loss, tensors, materialize_grads=True)):
                     t.grad = g
                 opt.step()
@@ -114,7 +126,7 @@ class Reptile(MetaLearner):
             else:
                 x = torch.cat([task.support_x, task.query_x])
                 y = torch.cat([task.support_y, task.query_y])
-            phi, _ = self._inner(x, y, self.inner_steps)
+            phi, _ = self._inner(x, y, self.inner_steps, self.inner_batch)
             torch._foreach_add_(total, [phi[k] for k in params])
             with torch.no_grad():
                 out = self.learner(phi, task.query_x)
@@ -151,7 +163,7 @@ class Reptile(MetaLearner):
             steps = self.inner_steps if self.eval_steps is None else self.eval_steps
         else:
             check_int("Reptile.adapt", "steps", steps, minimum=0)
-        phi, losses = self._inner(support_x, support_y, steps)
+        phi, losses = self._inner(support_x, support_y, steps, self.eval_batch)
         if not _all_finite(losses + list(phi.values())):
             raise FloatingPointError(
                 f"Reptile.adapt: the support loss or the adapted weights became non-finite during {steps} steps "
@@ -161,4 +173,15 @@ class Reptile(MetaLearner):
 
     def extra_repr(self) -> str:
         return (f"inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, inner_optimizer={self.inner_optimizer!r}, "
-                f"inner_data={self.inner_data!r}, loss={self.loss!r}")
+                f"inner_data={self.inner_data!r}, inner_batch={self.inner_batch}, eval_batch={self.eval_batch}, "
+                f"loss={self.loss!r}")
+
+
+def _mini_batches(n: int, batch_size: int | None, count: int) -> list[Tensor | None]:
+    """``count`` index batches of ``batch_size`` over ``n`` examples: consecutive slices of a stream of random
+    permutations (so every example is seen once per epoch); ``None`` (the whole set) when the batch covers it."""
+    if batch_size is None or batch_size >= n:
+        return [None] * count
+    epochs = -(-batch_size * count // n)
+    stream = torch.cat([torch.randperm(n) for _ in range(epochs)])
+    return list(stream[: batch_size * count].view(count, batch_size))

@@ -213,8 +213,11 @@ def _run(learner, tasks, episodes, batch_size, steps_list: Sequence[int | None],
 
     bar = tqdm(total=episodes, desc=desc, unit="task", file=sys.stderr, disable=not progress, leave=False,
                dynamic_ncols=True)
+    # randomness inside predict (Reptile's eval mini-batches) comes from a fixed seed: the same checkpoint
+    # always gets the same score, and the caller's generator does not move
     try:
-        with eval_mode(learner):
+        with eval_mode(learner), torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(0)
             for batch in iterate_tasks(tasks, episodes, batch_size):
                 batch = batch.to(device)
                 for slot, steps in enumerate(steps_list):
