@@ -17,6 +17,9 @@ The same work for every library
   :func:`reference_state` (seeded init), copied in parameter order into each library's model.
 * One meta-step = ``zero_grad`` + the library's meta-gradient for the B tasks (per-task backward of
   ``loss_i / B`` unless stated) + ``Adam(lr=1e-3).step()``. tasks/s = B / median meta-step time.
+* Device: the batch is drawn on the CPU and moved to ``--device`` (cpu or cuda); every worker puts its
+  model where the batch is (``batch[0].device``). On CUDA, :func:`setup_device` turns TF32 off (exact
+  float32 everywhere) and the timers wait for ``torch.cuda.synchronize()`` (:func:`time_steps`).
 """
 
 from __future__ import annotations
@@ -100,14 +103,20 @@ def select_cells(spec: str) -> list[str]:
 # ----------------------------------------------------------------------------- data
 
 
-def make_batch(cell: Cell, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """``(support_x, support_y, query_x, query_y)`` of the fixed synthetic meta-batch."""
+def make_batch(cell: Cell, seed: int = 0, dtype: torch.dtype = torch.float32, device=None):
+    """``(support_x, support_y, query_x, query_y)`` of the fixed synthetic meta-batch.
+
+    Always drawn on the CPU (the same numbers on every device), then moved to ``device`` if given: the
+    workers take their device from ``batch[0].device`` and put the model there too.
+    """
     gen = torch.Generator().manual_seed(seed)
     b, n, k, q = cell.meta_batch, cell.ways, cell.shots, cell.queries
     support_x = torch.rand(b, n * k, 1, 28, 28, generator=gen).to(dtype)
     query_x = torch.rand(b, n * q, 1, 28, 28, generator=gen).to(dtype)
     support_y = torch.arange(n).repeat_interleave(k).repeat(b, 1)
     query_y = torch.arange(n).repeat_interleave(q).repeat(b, 1)
+    if device is not None:
+        return tuple(t.to(device) for t in (support_x, support_y, query_x, query_y))
     return support_x, support_y, query_x, query_y
 
 
@@ -203,19 +212,35 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def time_steps(step, warmup: int, steps: int) -> dict:
+def time_steps(step, warmup: int, steps: int, sync=None, after_warmup=None, max_timed_s: float | None = None,
+               min_steps: int = 3) -> dict:
     """Run ``step`` ``warmup`` times untimed, then ``steps`` times timed (wall and process CPU time, and the
-    minor page faults per step: fresh pages from the kernel, expensive in these VMs, ~2.5 us each)."""
+    minor page faults per step: fresh pages from the kernel, expensive in these VMs, ~2.5 us each).
+
+    ``sync`` (CUDA: ``torch.cuda.synchronize``) is called after the warm-up and after every timed step,
+    before its clocks are read, so a step's time includes its queued GPU work. ``after_warmup`` is called
+    once between warm-up and timing (the CUDA workers reset the peak-memory counter there).
+    ``max_timed_s``: stop timing once the timed steps add up to that many seconds and at least ``min_steps``
+    were timed (the GPU run's time budget; ``None``: always ``steps``).
+    """
     for _ in range(warmup):
         step()
+    if sync is not None:
+        sync()
+    if after_warmup is not None:
+        after_warmup()
     wall, cpu = [], []
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
         w0, c0 = time.perf_counter(), time.process_time()
         step()
+        if sync is not None:
+            sync()
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / max(steps, 1)
+        if max_timed_s is not None and len(wall) >= min_steps and sum(wall) >= max_timed_s:
+            break
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / max(len(wall), 1)
     return {"wall_s": wall, "cpu_s": cpu, "median_s": statistics.median(wall), "min_s": min(wall),
             "median_cpu_s": statistics.median(cpu), "minor_faults_per_step": faults}
 
@@ -233,7 +258,7 @@ def count_flops(step) -> int | None:
         return None
 
 
-def profile_step(step, path: str, rows: int = 30) -> dict:
+def profile_step(step, path: str, rows: int = 30, sync=None) -> dict:
     """torch.profiler over one ``step``: writes the op table (by self CPU time) to ``path``; returns a summary.
 
     ``op_share`` = (sum of the self CPU time of all profiled ops) / (wall time under the profiler): the
@@ -242,8 +267,12 @@ def profile_step(step, path: str, rows: int = 30) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        if sync is not None:
+            sync()
         t0 = time.perf_counter()
         step()
+        if sync is not None:
+            sync()
         wall = time.perf_counter() - t0
     averages = prof.key_averages()
     self_total_us = sum(e.self_cpu_time_total for e in averages)
@@ -261,7 +290,111 @@ def profile_step(step, path: str, rows: int = 30) -> dict:
             "top": [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in top]}
 
 
-def machine_info() -> dict:
+# ----------------------------------------------------------------------------- devices
+
+#: how float32 runs on CUDA in every worker (bench/speed.py --device cuda): the exact mode, no TF32
+FLOAT32_MODE = ("exact float32: TF32 off for cuBLAS and cuDNN (torch.backends.cuda.matmul.allow_tf32 = False, "
+                "torch.backends.cudnn.allow_tf32 = False)")
+
+
+def precision_flags() -> dict:
+    """The float32 precision switches of torch as they are now (each read on its own: some do not exist in
+    every torch version, and reading a legacy flag after a mix of legacy and new API calls can raise)."""
+    readers = {
+        "cuda.matmul.allow_tf32": lambda: torch.backends.cuda.matmul.allow_tf32,
+        "cudnn.allow_tf32": lambda: torch.backends.cudnn.allow_tf32,
+        "cuda.matmul.fp32_precision": lambda: torch.backends.cuda.matmul.fp32_precision,
+        "cudnn.conv.fp32_precision": lambda: torch.backends.cudnn.conv.fp32_precision,
+        "float32_matmul_precision": torch.get_float32_matmul_precision,
+        "cudnn.benchmark": lambda: torch.backends.cudnn.benchmark,
+        "cudnn.deterministic": lambda: torch.backends.cudnn.deterministic,
+    }
+    flags = {}
+    for name, read in readers.items():
+        try:
+            value = read()
+            flags[name] = value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+        except Exception as error:  # noqa: BLE001 - recorded, never fatal
+            flags[name] = f"unreadable: {type(error).__name__}: {error}"
+    return flags
+
+
+def setup_device(device: str) -> dict:
+    """Prepare this process for ``device``; returns what to record in the JSON ({} on the CPU: nothing changes).
+
+    CUDA: refuses to go on without a GPU, and turns TF32 off for cuBLAS matmuls and cuDNN convolutions
+    (``FLOAT32_MODE``; cuDNN's TF32 is on by default), so every float32 number is the exact float32 one on
+    every library. Only the legacy ``allow_tf32`` switches are set (mixing them with the newer
+    ``fp32_precision`` API raises in some torch versions); both are read back into the result (a switch that
+    does not read back False is a ``tf32_warning``, not an error: roofs.py checks float32 numerically).
+    """
+    if device != "cuda":
+        return {}
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"--device cuda but torch.cuda.is_available() is False (torch {torch.__version__}, "
+                           f"built for CUDA {torch.version.cuda})")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    flags = precision_flags()
+    info = {"float32_mode": FLOAT32_MODE, "precision_flags": flags}
+    if flags.get("cuda.matmul.allow_tf32") is not False or flags.get("cudnn.allow_tf32") is not False:
+        # recorded, not fatal: the roofs measure whether float32 is exact (float32_check)
+        info["tf32_warning"] = "the TF32 switches did not read back as False"
+        print(f"WARNING: TF32 switches read back as {flags}", file=sys.stderr)
+    return info
+
+
+def synchronizer(device: str):
+    """``torch.cuda.synchronize`` on CUDA (the timers must wait for the queued kernels), else ``None``."""
+    return torch.cuda.synchronize if device == "cuda" else None
+
+
+def gpu_memory_mib() -> dict:
+    """The CUDA caching allocator's counters of this process, MiB (allocated = live tensors)."""
+    return {"allocated": torch.cuda.memory_allocated() / 2**20, "max_allocated": torch.cuda.max_memory_allocated() / 2**20,
+            "reserved": torch.cuda.memory_reserved() / 2**20, "max_reserved": torch.cuda.max_memory_reserved() / 2**20}
+
+
+def nvidia_smi() -> dict:
+    """GPU name, driver, memory and clocks from ``nvidia-smi`` (does not initialize CUDA; {} without it)."""
+    import subprocess
+
+    fields = ("name", "driver_version", "memory.total", "clocks.max.sm", "power.limit", "pci.bus_id")
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if out.returncode != 0:
+        return {}
+    gpus = [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.stdout.strip().splitlines()]
+    return {"nvidia_smi": gpus}
+
+
+def gpu_info(init_cuda: bool = True) -> dict:
+    """torch's CUDA/cuDNN versions, and (``init_cuda``) the GPU's name and properties as torch sees them."""
+    info = {"torch_cuda": torch.version.cuda}
+    try:
+        info["cudnn"] = torch.backends.cudnn.version() if init_cuda else None
+    except Exception:  # noqa: BLE001
+        info["cudnn"] = None
+    if init_cuda and torch.cuda.is_available():
+        try:
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            info.update(gpu_name=props.name, gpu_capability=f"{props.major}.{props.minor}",
+                        gpu_memory_mib=props.total_memory / 2**20,
+                        gpu_multiprocessors=getattr(props, "multi_processor_count", None),
+                        gpu_count=torch.cuda.device_count())
+        except Exception as error:  # noqa: BLE001
+            info["gpu_error"] = f"{type(error).__name__}: {error}"
+    info.update(nvidia_smi())
+    if "gpu_name" not in info and info.get("nvidia_smi"):
+        info["gpu_name"] = info["nvidia_smi"][0].get("name")
+    return info
+
+
+def machine_info(device: str = "cpu", init_cuda: bool = True) -> dict:
+    """CPU, interpreter and torch of this machine; with ``device="cuda"`` also the GPU (:func:`gpu_info`)."""
     model = flags = ""
     try:
         with open("/proc/cpuinfo") as handle:
@@ -273,12 +406,17 @@ def machine_info() -> dict:
     except OSError:
         pass
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")
-    return {"cpu_model": model or platform.processor(), "cpus": os.cpu_count(),
+    info = {"cpu_model": model or platform.processor(), "cpus": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "cpu_flags": [f for f in wanted if f in flags.split()],
             "python": platform.python_version(), "torch": torch.__version__,
             "mkldnn": torch.backends.mkldnn.is_available(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if device != "cpu":
+        info["device"] = device
+    if device == "cuda":
+        info.update(gpu_info(init_cuda))
+    return info
 
 
 def emit(result: dict) -> None:

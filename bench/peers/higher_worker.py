@@ -41,7 +41,7 @@ def _detach(grads):
 def build(cell, batch, dtype):
     sx, sy, qx, qy = batch
     b = cell.meta_batch
-    model = load_reference(Conv4BN(cell.ways), cell.ways).to(dtype)
+    model = load_reference(Conv4BN(cell.ways), cell.ways).to(sx.device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
     inner_opt = torch.optim.SGD(model.parameters(), lr=cell.inner_lr)
     callback = _detach if cell.first_order else None

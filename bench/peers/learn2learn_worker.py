@@ -17,15 +17,25 @@ Reptile: learn2learn has no Reptile class (its example is a hand-written loop), 
 
 from __future__ import annotations
 
+import sys
+
 import _stubs
 
 STUBBED = _stubs.install_learn2learn_stubs()
+try:
+    import learn2learn as l2l
+except Exception as _error:  # noqa: BLE001 - e.g. an installed torchvision/scipy learn2learn 0.2.0 cannot use
+    print(f"import learn2learn failed ({type(_error).__name__}: {_error}); retrying with all of "
+          f"{', '.join(_stubs.LEARN2LEARN_OPTIONAL)} stubbed", file=sys.stderr)
+    STUBBED = _stubs.install_learn2learn_stubs(force=True)
+    import learn2learn as l2l
 
-import learn2learn as l2l  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common import Conv4BN, load_reference  # noqa: E402
+
+STUBBED = STUBBED + _stubs.stubbed_extensions()
 
 LIBRARY = "learn2learn"
 SUPPORTS = {"maml", "protonet"}
@@ -40,7 +50,7 @@ def build(cell, batch, dtype):
     sx, sy, qx, qy = batch
     b = cell.meta_batch
     if cell.algo == "maml":
-        model = load_reference(Conv4BN(cell.ways), cell.ways).to(dtype)
+        model = load_reference(Conv4BN(cell.ways), cell.ways).to(sx.device, dtype)
         maml = l2l.algorithms.MAML(model, lr=cell.inner_lr, first_order=cell.first_order)
         opt = torch.optim.Adam(maml.parameters(), lr=cell.outer_lr)
 
@@ -57,7 +67,7 @@ def build(cell, batch, dtype):
 
         return step, list(model.parameters())
 
-    model = load_reference(Conv4BN(None), None).to(dtype)
+    model = load_reference(Conv4BN(None), None).to(sx.device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
 
     def step():

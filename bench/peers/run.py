@@ -9,6 +9,13 @@ workers) and in .peers/venv for the peers::
 ``--lib`` names a module ``<lib>_worker.py`` beside this file whose ``build(cell, batch, dtype)`` returns
 ``(step, params)``: ``step()`` is one full meta-step (zero_grad, meta-gradient, Adam step) and ``params``
 the meta-parameters in the reference Conv4 order. ``LIBRARY``/``version()``/``NOTES`` describe it.
+
+``--device cuda``: the batch is made on the CPU and moved to the GPU, the worker puts its model where the
+batch is, TF32 is off (``common.setup_device``), every timer waits for ``torch.cuda.synchronize()``, and
+the result has the GPU memory: ``gpu_base_mib`` (allocated after building model and batch),
+``gpu_peak_warmup_mib`` (peak during the warm-up steps: first-step allocations, Adam state) and
+``gpu_peak_mib`` (``torch.cuda.max_memory_allocated`` over the timed steps only: the counter is reset
+after the warm-up), plus the allocator's reserved peak.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-LIBS = ("quickstudy", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
+LIBS = ("quickstudy", "qs_loop", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
 
 
 def main(argv=None) -> None:
@@ -41,6 +48,9 @@ def main(argv=None) -> None:
     parser.add_argument("--flops", action="store_true", help="count the FLOPs of one extra meta-step")
     parser.add_argument("--profile", metavar="PATH", help="torch.profiler table of one extra meta-step -> PATH")
     parser.add_argument("--dump-grad", metavar="PATH", help="torch.save the meta-gradient of the first step")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--max-timed-s", type=float, default=None,
+                        help="stop timing after this many seconds of timed steps (at least 3 steps; default: none)")
     args = parser.parse_args(argv)
 
     load_start = os.getloadavg()
@@ -59,30 +69,64 @@ def main(argv=None) -> None:
     if cell.algo not in worker.SUPPORTS:
         common.emit({"lib": args.lib, "cell": args.cell, "skipped": f"{worker.LIBRARY} has no {cell.algo}"})
         return
-    batch = common.make_batch(cell, args.seed, dtype)
+    cuda = args.device == "cuda"
+    device_info = common.setup_device(args.device)  # cuda: TF32 off; raises without a GPU
+    sync = common.synchronizer(args.device)
+    batch = common.make_batch(cell, args.seed, dtype, device=None if args.device == "cpu" else args.device)
     torch.manual_seed(args.seed)
     step, params = worker.build(cell, batch, dtype)
+    if cuda:
+        sync()
+        gpu_base = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
     rss_before = common.rss_mib()
 
     result = {"lib": args.lib, "library": worker.LIBRARY, "version": worker.version(), "cell": args.cell,
               "cell_spec": asdict(cell), "threads": torch.get_num_threads(),
               "meta_batch": cell.meta_batch, "dtype": str(dtype), "notes": getattr(worker, "NOTES", ""),
               "pid": os.getpid(), "python": sys.executable, "load_start": load_start}
+    if args.device != "cpu":
+        result["device"] = args.device
+        result.update(device_info)
+        details = getattr(worker, "DETAILS", None)
+        if details:
+            result["details"] = dict(details)
+    if cuda:
+        result["gpu_name"] = torch.cuda.get_device_name()
+        result["gpu_base_mib"] = gpu_base
     if args.dump_grad:
         step()
-        torch.save([p.grad.detach().clone() if p.grad is not None else None for p in params], args.dump_grad)
+        torch.save([p.grad.detach().cpu().clone() if p.grad is not None else None for p in params], args.dump_grad)
         result["dumped"] = args.dump_grad
     if args.steps > 0:
-        timing = common.time_steps(step, args.warmup, args.steps)
+        warm = {}
+
+        def after_warmup():
+            if cuda:
+                warm["gpu_peak_warmup_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                torch.cuda.reset_peak_memory_stats()
+
+        timing = common.time_steps(step, args.warmup, args.steps, sync=sync, after_warmup=after_warmup,
+                                   max_timed_s=args.max_timed_s)
         result.update(timing)
+        if args.max_timed_s is not None:
+            result["steps_requested"] = args.steps
+            result["max_timed_s"] = args.max_timed_s
+        result.update(warm)
         result["tasks_per_s"] = cell.meta_batch / timing["median_s"]
         result["tasks_per_cpu_s"] = cell.meta_batch / timing["median_cpu_s"]
     result["rss_before_mib"] = rss_before
     result["peak_rss_mib"] = common.peak_rss_mib()  # before the FLOP counter / profiler add their own
+    if cuda:
+        memory = common.gpu_memory_mib()
+        result["gpu_peak_mib"] = memory["max_allocated"]  # over the timed steps (reset after the warm-up)
+        result["gpu_reserved_peak_mib"] = memory["max_reserved"]
     if args.flops:
         result["flops"] = common.count_flops(step)
+        if sync is not None:
+            sync()
     if args.profile:
-        result["profile"] = common.profile_step(step, args.profile)
+        result["profile"] = common.profile_step(step, args.profile, sync=sync)
     result["load_end"] = os.getloadavg()
     result["finished"] = time.time()
     common.emit(result)

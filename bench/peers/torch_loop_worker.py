@@ -38,7 +38,7 @@ def version() -> str:
 def build(cell, batch, dtype):
     sx, sy, qx, qy = batch
     ways = cell.ways if cell.algo != "protonet" else None
-    theta = [p.to(dtype).requires_grad_() for p in reference_state(ways)]
+    theta = [p.to(sx.device, dtype).requires_grad_() for p in reference_state(ways)]
     opt = torch.optim.Adam(theta, lr=cell.outer_lr)
     b = cell.meta_batch
 

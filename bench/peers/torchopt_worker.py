@@ -36,7 +36,7 @@ def version() -> str:
 def build(cell, batch, dtype):
     sx, sy, qx, qy = batch
     b = cell.meta_batch
-    model = load_reference(Conv4BN(cell.ways), cell.ways).to(dtype)
+    model = load_reference(Conv4BN(cell.ways), cell.ways).to(sx.device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
 
     if not cell.first_order:

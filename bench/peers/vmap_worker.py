@@ -32,7 +32,7 @@ def version() -> str:
 
 def build(cell, batch, dtype):
     sx, sy, qx, qy = batch
-    theta = [p.to(dtype).requires_grad_() for p in reference_state(cell.ways)]
+    theta = [p.to(sx.device, dtype).requires_grad_() for p in reference_state(cell.ways)]
     opt = torch.optim.Adam(theta, lr=cell.outer_lr)
 
     def forward(params, x):
