@@ -2,20 +2,14 @@
 # Omniglot rows of docs/results.md on a lent GPU, step 2 of 2 (after bench/gpu/train.sh on the same machine,
 # or with its archives unpacked from RESTORE): resume every run to LIMIT2 minutes of training (Reptile: to its
 # train.steps), then evaluate on the fixed test episodes (Reptile: the last, fully annealed weights).
-set -u
-OUT=$(realpath -m "${OUT:-runs/gpu/out}"); mkdir -p "$OUT"
-T0=$(date +%s)
-R=runs/gpu
+source bench/gpu/common.sh
 if [ ! -d $R/maml-20w5s ]; then
   for f in ${RESTORE:-.gpu/a1}/*.tgz; do mkdir -p $R; tar xzf $f -C $R || exit 1; done
-  [ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  install_wheels || exit 1
   echo "fresh machine: restored runs from .gpu/a1"
 fi
 [ -d $R/maml-20w5s ] || { echo NO RUNS; exit 3; }
-export PYTHONPATH=/tmp/site:$PWD/src QUICKSTUDY_DATA=${QUICKSTUDY_DATA:-$PWD/.gpu} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 LIMIT2=${LIMIT2:-11}; pids=()
-OTHERS="maml-20w5s protonet-5w5s protonet-20w5s fomaml-5w5s fomaml-20w1s fomaml-20w5s metasgd-5w5s"
-REPTILES="reptile-5w1s reptile-5w5s reptile-20w1s reptile-20w5s"
 for c in $OTHERS; do
   ( python3 -m quickstudy resume $R/$c --time-limit $LIMIT2 --json --quiet >$R/$c.resume.json 2>>$R/$c.log;
     python3 -m quickstudy eval $R/$c --json >$R/$c.eval.json 2>>$R/$c.log ) &
@@ -26,10 +20,7 @@ for c in $REPTILES; do
     python3 -m quickstudy eval $R/$c --checkpoint last --json >$R/$c.eval.json 2>>$R/$c.log ) &
   pids+=($!)
 done
-( sleep $((545 - ($(date +%s) - T0))) >/dev/null 2>&1; echo WATCHDOG; pkill -INT -f "quickstudy (resume|eval)"; sleep 25 >/dev/null 2>&1; pkill -KILL -f "quickstudy (resume|eval)" ) &
-WD=$!
-wait "${pids[@]}"
-pkill -P $WD 2>/dev/null; kill $WD 2>/dev/null
+wait_with_deadline 545 "quickstudy (resume|eval)" "${pids[@]}"
 echo "A2 done after $(( $(date +%s) - T0 )) s"
 python3 -c "import torch; print('hardware', torch.cuda.get_device_name(0), torch.__version__)"
 for c in $OTHERS $REPTILES; do echo "$c $(python3 -c "import json,sys; d=json.load(open('$R/$c.eval.json')); print(d.get('mean'), d.get('ci95'), d.get('trained_steps'), d.get('train_seconds'))" 2>&1 | tail -1)"; grep -i -m3 "error\|Traceback" $R/$c.log; done

@@ -5,17 +5,12 @@
 # step 2). Reptile: its linear annealing must finish, so a 45 s probe measures its steps/s under the same
 # load and train.steps is set to what fits in REPTILE_TOTAL minutes. Data: QUICKSTUDY_DATA (default .gpu).
 # Wheels for packages the GPU image lacks (pydantic) are installed from .whl/ unless SKIP_PIP is set.
-set -u
-OUT=$(realpath -m "${OUT:-runs/gpu/out}"); mkdir -p "$OUT"
-T0=$(date +%s)
-[ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src QUICKSTUDY_DATA=${QUICKSTUDY_DATA:-$PWD/.gpu} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+source bench/gpu/common.sh
+install_wheels || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, quickstudy; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" || exit 1
-R=runs/gpu; mkdir -p $R
+mkdir -p $R
 LIMIT1=${LIMIT1:-7}; REPTILE_TOTAL=${REPTILE_TOTAL:-10.5}
-OTHERS="maml-20w5s protonet-5w5s protonet-20w5s fomaml-5w5s fomaml-20w1s fomaml-20w5s metasgd-5w5s"
-REPTILES="reptile-5w1s reptile-5w5s reptile-20w1s reptile-20w5s"
 mains=()
 for c in $OTHERS; do
   python3 -m quickstudy train configs/omniglot/$c.yaml --out $R/$c --time-limit $LIMIT1 --json --quiet >$R/$c.train.json 2>$R/$c.log &
@@ -43,10 +38,7 @@ PY
   python3 -m quickstudy train configs/omniglot/$c.yaml --out $R/$c --time-limit $LIM --json --quiet train.steps=$N train.val_episodes=100 >$R/$c.train.json 2>$R/$c.log &
   mains+=($!)
 done
-( sleep $((540 - ($(date +%s) - T0))) >/dev/null 2>&1; echo WATCHDOG; pkill -INT -f "quickstudy train"; sleep 25 >/dev/null 2>&1; pkill -KILL -f "quickstudy train" ) &
-WD=$!
-wait "${mains[@]}"
-pkill -P $WD 2>/dev/null; kill $WD 2>/dev/null
+wait_with_deadline 540 "quickstudy train" "${mains[@]}"
 echo "A1 done after $(( $(date +%s) - T0 )) s"
 for c in $OTHERS $REPTILES; do echo "$c $(tail -1 $R/$c/metrics.csv | cut -c1-120)"; grep -i -m3 "error\|Traceback" $R/$c.log; done
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
