@@ -77,3 +77,17 @@ def test_leak_script_runs(capsys):
                       "--tolerance-mib", "256"])
     assert code in (0, 1)
     assert "RSS" in capsys.readouterr().out
+
+
+def test_gpu_table_prints_the_recorded_h100_run(capsys):
+    """The GPU table reads the JSON the H100 run wrote (docs/bench/speed_h100.json): ratios and GPU memory."""
+    import speed
+
+    with open(os.path.join(ROOT, "docs", "bench", "speed_h100.json")) as f:
+        recorded = json.load(f)
+    speed.print_table_cuda(recorded["results"], recorded["roofs"], recorded["threads"], recorded["machine"])
+    table = capsys.readouterr().out
+    assert "NVIDIA H100" in table and "float32 exact: True" in table
+    row = next(line for line in table.splitlines() if line.startswith("maml-1shot-1step-2nd    quickstudy "))
+    assert row.split()[2] == "455.3" and row.split()[5] == "5.58" and row.split()[-1] == "vmap"
+    assert "(not run: --budget-s 345 s used up)" in table
