@@ -18,10 +18,10 @@ so that ``torch.optim.SGD(reptile.parameters(), lr=epsilon).step()`` performs ex
 optimizer)`` does zero_grad, meta_backward and step in one call.
 
 Inner loop as implemented: a fresh optimizer per task (the paper's Adam, beta1 = 0 by default here, as in
-its few-shot runs); each step sees the whole inner data set unless ``inner_batch`` is set (the paper's
-Omniglot runs: 10 of the 5-way x 10-shot set, 20 of the 20-way set, so k steps make one epoch).
-Evaluation adapts for ``eval_steps`` steps (default ``inner_steps``; the paper used 50) on mini-batches of
-``eval_batch`` support examples (default: the whole support set).
+its few-shot runs); each step sees the whole inner data set unless ``inner_batch`` is set (the authors'
+Omniglot commands make the k steps one pass over the inner set, e.g. 12 batches of 5 from 5-way x 12-shot).
+Evaluation adapts for ``eval_steps`` steps (default ``inner_steps``; the authors used 50-100) on mini-batches
+of ``eval_batch`` support examples (default: the whole support set).
 """
 
 from __future__ import annotations
