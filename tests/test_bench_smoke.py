@@ -91,3 +91,30 @@ def test_gpu_table_prints_the_recorded_h100_run(capsys):
     row = next(line for line in table.splitlines() if line.startswith("maml-1shot-1step-2nd    quickstudy "))
     assert row.split()[2] == "455.3" and row.split()[5] == "5.58" and row.split()[-1] == "vmap"
     assert "(not run: --budget-s 345 s used up)" in table
+
+
+def test_driver_tables_agree_with_the_workers():
+    """speed.py keeps each worker's SUPPORTS and LIBRARY (to skip cells without starting a process): read the
+    workers' own constants from their source (the peers are not importable here) and compare."""
+    import ast
+
+    import speed
+
+    def constants(lib):
+        with open(os.path.join(PEERS, f"{lib}_worker.py")) as f:
+            tree = ast.parse(f.read())
+        found = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                name = node.targets[0].id
+                if name in ("SUPPORTS", "LIBRARY"):
+                    if isinstance(node.value, ast.Attribute):  # e.g. quickstudy_worker.SUPPORTS
+                        found[name] = constants(node.value.value.id.removesuffix("_worker"))[name]
+                    else:
+                        found[name] = ast.literal_eval(node.value)
+        return found
+
+    for lib in speed.ALL_LIBS:
+        worker = constants(lib)
+        assert worker["SUPPORTS"] == speed.LIB_SUPPORTS[lib], lib
+        assert worker["LIBRARY"] == speed.LIB_NAMES[lib], lib

@@ -163,11 +163,12 @@ def test_direct_mujoco_stepping_matches_gymnasium(name):
         return torch.stack(obs), torch.stack(rewards)
 
     gym_obs, gym_rewards = episodes(family.make_gym_env(tasks, 12))
+    previous = torch.get_num_threads()
     torch.set_num_threads(2)  # the threaded path when the machine has the cores
     try:
         direct_obs, direct_rewards = episodes(family.make_env(tasks, 12))
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(previous)
     assert torch.equal(direct_obs, gym_obs)
     torch.testing.assert_close(direct_rewards, gym_rewards, rtol=1e-6, atol=1e-5)
     assert gym_rewards.abs().mean() > 0.1
