@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ._checks import check_bool, check_int
 from .batchnorm import _under_functorch, check_bn_policy, make_norm
+from .gemm_conv import conv2d_as_gemm, gemm_conv_applies
 
 __all__ = ["Conv4"]
 
@@ -90,10 +91,14 @@ class Conv4(nn.Module):
             )
         if _use_channels_last(x):
             # channels_last on CPU: max-pool ~12x and batch norm ~4x faster than in NCHW (torch 2.13, 2 cores).
-            # The first conv has one input channel for Omniglot, so its output comes back in NCHW: convert
-            # every conv output (a no-op when it already is channels_last). Same values up to float rounding.
+            # A conv with 1-3 input channels (the first) runs as one matrix product, which is faster than
+            # oneDNN's kernel and returns channels_last directly (models/gemm_conv.py); any other conv output
+            # is converted (a no-op when it already is channels_last). Same values up to float rounding.
             for layer in self.features:
-                x = layer(x)
+                if isinstance(layer, nn.Conv2d) and gemm_conv_applies(layer):
+                    x = conv2d_as_gemm(x, layer.weight, layer.bias, layer.stride[0], layer.padding[0])
+                else:
+                    x = layer(x)
                 if isinstance(layer, nn.Conv2d):
                     x = x.contiguous(memory_format=torch.channels_last)
         else:
