@@ -222,3 +222,88 @@ def test_conv4_state_dict_keys_are_unchanged():
                     "features.8.weight", "features.8.bias", "features.9.weight", "features.9.bias",
                     "features.12.weight", "features.12.bias", "features.13.weight", "features.13.bias",
                     "head.weight", "head.bias"]
+
+
+@pytest.mark.parametrize("in_channels,stride,padding,bias", [(1, 1, 1, True), (3, 1, 1, False), (1, 2, 1, True),
+                                                              (3, 2, 0, True)])
+def test_first_layer_as_a_matrix_product_equals_conv2d_to_second_order(in_channels, stride, padding, bias):
+    from quickstudy.models.gemm_conv import conv2d_as_gemm
+
+    torch.manual_seed(0)
+    x = torch.randn(4, in_channels, 9, 9, dtype=torch.float64)
+    weight = torch.randn(5, in_channels, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
+    params = [weight] + ([b] if bias else [])
+    probe = torch.randn(4, 5, (9 + 2 * padding - 3) // stride + 1, (9 + 2 * padding - 3) // stride + 1,
+                        dtype=torch.float64)
+
+    def outer(conv):  # a MAML-like scalar: the squared norm of the inner gradient of a nonlinear loss
+        out = conv(x, weight, b)
+        grads = torch.autograd.grad((out * probe).tanh().sum(), params, create_graph=True)
+        return out, sum(g.pow(2).sum() for g in grads)
+
+    out_gemm, outer_gemm = outer(lambda x_, w_, b_: conv2d_as_gemm(x_, w_, b_, stride, padding))
+    out_ref, outer_ref = outer(lambda x_, w_, b_: nn.functional.conv2d(x_, w_, b_, stride=stride, padding=padding))
+    assert out_gemm.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_gemm, out_ref, rtol=1e-12, atol=1e-12)
+    for g_gemm, g_ref in zip(torch.autograd.grad(outer_gemm, params), torch.autograd.grad(outer_ref, params)):
+        torch.testing.assert_close(g_gemm, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_only_small_plain_convolutions_run_as_a_matrix_product():
+    from quickstudy.models.gemm_conv import gemm_conv_applies
+
+    assert gemm_conv_applies(nn.Conv2d(1, 64, 3, padding=1))
+    assert gemm_conv_applies(nn.Conv2d(3, 64, 3, stride=2, padding=1))
+    assert not gemm_conv_applies(nn.Conv2d(64, 64, 3, padding=1))  # wide: oneDNN's kernel is the fast one
+    assert not gemm_conv_applies(nn.Conv2d(2, 4, 3, padding=1, groups=2))
+    assert not gemm_conv_applies(nn.Conv2d(1, 4, 3, padding=1, dilation=2))
+    assert not gemm_conv_applies(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"))
+    assert not gemm_conv_applies(nn.Conv2d(1, 4, 3, padding="same"))
+    assert not gemm_conv_applies(nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lean_batch_norm_double_backward_equals_native_in_float64(channels_last):
+    """batch_norm_train's hand-written double backward against torch's own, through a MAML-like outer loss."""
+    from quickstudy.models.batchnorm_grad import batch_norm_train
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.tensor([0.5, 1.5, -2.0], dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor([0.1, -0.3, 0.7], dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(6, 3, 5, 4, dtype=torch.float64)
+    directions = [torch.randn(6, 3, 5, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64),
+                  torch.randn(3, dtype=torch.float64)]
+
+    def second_order(norm):
+        inner = torch.autograd.grad((norm(x, weight, bias) * probe).tanh().sum(), (x, weight, bias),
+                                    create_graph=True)
+        return torch.autograd.grad(sum((g * d).sum() for g, d in zip(inner, directions)), (x, weight, bias))
+
+    ours = second_order(batch_norm_train)
+    native = second_order(lambda x_, w_, b_: nn.functional.batch_norm(x_, None, None, w_, b_, training=True))
+    for a, b in zip(ours, native):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradgradcheck(batch_norm_train, (x, weight, bias))
+
+
+def test_lean_batch_norm_updates_running_statistics_and_refuses_a_third_derivative():
+    from quickstudy.models.batchnorm_grad import batch_norm_train
+
+    torch.manual_seed(1)
+    x = torch.randn(8, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    weight, bias = torch.ones(4, dtype=torch.float64, requires_grad=True), torch.zeros(4, dtype=torch.float64)
+    stats = [torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)]
+    native_stats = [s.clone() for s in stats]
+    y = batch_norm_train(x, weight, bias, *stats, momentum=0.3)
+    nn.functional.batch_norm(x, *native_stats, weight, bias, training=True, momentum=0.3)
+    for ours, native in zip(stats, native_stats):
+        torch.testing.assert_close(ours, native)
+    (g,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+    torch.autograd.grad(g.pow(2).sum(), x, retain_graph=True)  # second order: fine
+    with pytest.raises(RuntimeError, match="third derivative"):  # a graph for a third: refused, not wrong
+        torch.autograd.grad(g.pow(2).sum(), x, create_graph=True)
