@@ -5,7 +5,8 @@ import pytest
 
 from quickstudy.automl.knowledge import KnowledgeBase
 from quickstudy.automl.recommend import (AverageRankRecommender, KNNRecommender, MetaFeatureScaler,
-                                         SurrogateRecommender, normalized_scores)
+                                         RegretPortfolioRecommender, SurrogateRecommender, greedy_best_of_n,
+                                         normalized_scores)
 
 
 def clustered_kb(seed=0):
@@ -48,6 +49,24 @@ def test_surrogate_and_average_rank():
     default = AverageRankRecommender().fit(kb)
     order = [c for c, _ in default.rank(None)]
     assert order[-1] == 3  # never the best anywhere: last on average rank
+
+
+def test_regret_portfolio_picks_the_cluster_best_first():
+    kb = clustered_kb()
+    rec = RegretPortfolioRecommender(n_estimators=100).fit(kb)
+    assert np.isfinite(rec.residuals_).all()
+    for family, centre in enumerate((0.0, 10.0, 100.0)):
+        ranked = rec.rank(np.array([centre, 0.0, 1.0]))
+        assert ranked[0][0] == family, (family, ranked)
+        assert sorted(c for c, _ in ranked) == [0, 1, 2, 3]
+        # neighbours' best level (0.9) + a predicted regret, shrunk towards the other clusters' on 17 rows
+        assert 0.6 < ranked[0][1] <= 0.9 + 1e-9
+
+
+def test_greedy_best_of_n_hedges_across_scenarios():
+    # config 0 is best on average (mean 0.5 vs 0.45); the next pick covers the scenario 0 serves badly
+    values = np.array([[1.0, 0.0, 0.9], [0.0, 0.9, 0.0]])
+    assert greedy_best_of_n(values) == [0, 1, 2]
 
 
 def test_greedy_portfolio_covers_complementary_data_sets():

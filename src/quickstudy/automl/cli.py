@@ -91,8 +91,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     recommend.add_argument("--target", required=True, help="name of the label column")
     recommend.add_argument("--top", type=int, default=5, help="how many configurations to list (default 5)")
     recommend.add_argument("--method", default="knn-portfolio",
-                           choices=["knn-mean", "knn-best", "knn-portfolio", "surrogate", "best-default",
-                                    "static-portfolio"],
+                           choices=["knn-mean", "knn-best", "knn-portfolio", "surrogate", "regret-portfolio",
+                                    "best-default", "static-portfolio"],
                            help="recommender (default knn-portfolio; see docs/automl.md)")
     recommend.add_argument("--mfe-budget", type=float, default=15.0, metavar="SEC",
                            help="time budget for the meta-features (default 15 s)")
