@@ -95,7 +95,7 @@ class Conv4(nn.Module):
             # oneDNN's kernel and returns channels_last directly (models/gemm_conv.py); any other conv output
             # is converted (a no-op when it already is channels_last). Same values up to float rounding.
             for layer in self.features:
-                if isinstance(layer, nn.Conv2d) and gemm_conv_applies(layer):
+                if gemm_conv_applies(layer):
                     x = conv2d_as_gemm(x, layer.weight, layer.bias, layer.stride[0], layer.padding[0])
                 else:
                     x = layer(x)
