@@ -50,8 +50,8 @@ sys.path.insert(0, PEERS_DIR)
 import common  # noqa: E402
 
 ALL_LIBS = ("quickstudy", "qs_loop", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
-#: the default --libs per device (qs_loop: on CUDA, where quickstudy's "auto" is vmap, the loop is worth a row)
-DEFAULT_LIBS = {"cpu": ("quickstudy", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap"),
+#: the default --libs per device (qs_loop: quickstudy's leanest strategy, beside "auto": threads on CPU, vmap on CUDA)
+DEFAULT_LIBS = {"cpu": ("quickstudy", "qs_loop", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap"),
                 "cuda": ALL_LIBS}
 PEER_LIBS = ("learn2learn", "higher", "torchopt")  # "the fastest peer" is the fastest of these
 PROJECT_LIBS = ("quickstudy", "qs_loop", "qs_bf16", "torch_loop", "vmap")  # run by --python (no peers venv needed)

@@ -10,7 +10,8 @@
 
 __version__ = "0.1.0"
 
-from . import algorithms, data, models, tasks, training
+from . import algorithms, cpu_allocator, data, models, tasks, training
+from .cpu_allocator import enable_caching_allocator
 from .algorithms import ANIL, FOMAML, MAML, FineTune, MetaLearner, MetaSGD, ProtoNet, Reptile
 from .tasks import EpisodeSampler, FixedEpisodes, Sinusoid, TaskBatch
 from .training import (
@@ -36,9 +37,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "__version__",
-    "algorithms", "data", "models", "tasks", "training", "rl", "automl",
+    "algorithms", "cpu_allocator", "data", "models", "tasks", "training", "rl", "automl",
     "TaskBatch", "EpisodeSampler", "FixedEpisodes", "Sinusoid",
     "MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "ProtoNet", "FineTune",
     "Trainer", "evaluate", "evaluate_regression_steps", "EvalResult", "NonFiniteLossError",
-    "load_checkpoint", "make_report",
+    "load_checkpoint", "make_report", "enable_caching_allocator",
 ]

@@ -197,7 +197,8 @@ def _trainer(config: ExperimentConfig, learner, sources: TaskSources, out: Path,
                    schedule=_schedule(config), grad_clip=tr.grad_clip, val_every=tr.val_every,
                    val_episodes=tr.val_episodes, out=out, log_every=tr.log_every,
                    checkpoint_every=tr.checkpoint_every, progress=progress,
-                   device=resolve_device(config.device), seed=config.seed, precision=tr.precision)
+                   device=resolve_device(config.device), seed=config.seed, precision=tr.precision,
+                   cpu_caching_allocator=tr.cpu_caching_allocator)
 
 
 class _TimeLimit:

@@ -214,6 +214,17 @@ def seed_everything(seed: int) -> None:
 PRECISIONS = ("float32", "bfloat16")
 
 
+def _enable_caching_allocator() -> None:
+    from ..cpu_allocator import CompilerNotFoundError, enable_caching_allocator
+
+    try:
+        enable_caching_allocator()
+    except (CompilerNotFoundError, RuntimeError, OSError) as error:
+        import warnings
+
+        warnings.warn(f"Trainer: training without the caching CPU allocator: {error}", RuntimeWarning, stacklevel=3)
+
+
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """``torch.autocast`` in bfloat16 for ``precision="bfloat16"``, else a no-op context."""
     if precision == "bfloat16":
@@ -254,6 +265,10 @@ class Trainer:
             batch-norm statistics, losses, weights and the optimizer in float32). On CPUs with AVX-512
             BF16 / AMX and on GPUs this is faster; its accuracy effect is measured in docs/results.md.
             Validation and evaluation stay in float32.
+        cpu_caching_allocator: on a CPU device, :func:`quickstudy.cpu_allocator.enable_caching_allocator`
+            when ``fit`` starts: freed tensors are kept for reuse instead of going back to ``malloc``
+            (no page faults after the first step, a smaller resident set). Process-wide and exact.
+            Without a C++ compiler to build it, a warning says so and training goes on without it.
     """
 
     def __init__(
@@ -278,6 +293,7 @@ class Trainer:
         callbacks: Sequence[Any] = (),
         tensorboard: bool = True,
         precision: str = "float32",
+        cpu_caching_allocator: bool = True,
     ):
         if not isinstance(learner, nn.Module) or not callable(getattr(learner, "meta_backward", None)):
             raise TypeError(f"Trainer: learner must be a MetaLearner with meta_backward(batch), got {type(learner).__name__}")
@@ -307,6 +323,7 @@ class Trainer:
         if precision not in PRECISIONS:
             raise ValueError(f"Trainer: precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         self.precision = precision
+        self.cpu_caching_allocator = bool(cpu_caching_allocator)
         self.callbacks = list(callbacks)
         self.learner = learner.to(self.device)
         self.train_tasks, self.val_tasks = train_tasks, val_tasks
@@ -515,6 +532,8 @@ class Trainer:
         until = self.steps if until is None else min(_positive_int("until", until), self.steps)
         if not self._restored and self.step == 0:
             seed_everything(self.seed)
+        if self.cpu_caching_allocator and self.device.type == "cpu":
+            _enable_caching_allocator()
         self._open_loggers()
         self.should_stop = False
         self.learner.train()
