@@ -108,6 +108,7 @@ def test_trainer_warns_and_trains_without_the_allocator(monkeypatch):
     def unavailable(**kwargs):
         raise cpu_allocator.CompilerNotFoundError("no compiler here")
 
+    monkeypatch.setattr(cpu_allocator, "caching_allocator_enabled", lambda: False)  # as in a fresh process
     monkeypatch.setattr(cpu_allocator, "enable_caching_allocator", unavailable)
     tasks = qs.Sinusoid(shots=5, queries=5, batch_size=2, seed=0)
     maml = qs.MAML(qs.models.MLP(1, 1, hidden=(8,)), inner_lr=0.01, inner_steps=1, loss="mse")
@@ -115,3 +116,15 @@ def test_trainer_warns_and_trains_without_the_allocator(monkeypatch):
     with pytest.warns(RuntimeWarning, match="without the caching CPU allocator: no compiler here"):
         trainer.fit()
     assert trainer.step == 2
+
+
+def test_trainer_keeps_limits_set_by_the_user(monkeypatch):
+    import quickstudy as qs
+
+    calls = []
+    monkeypatch.setattr(cpu_allocator, "caching_allocator_enabled", lambda: True)
+    monkeypatch.setattr(cpu_allocator, "enable_caching_allocator", lambda **kwargs: calls.append(kwargs))
+    tasks = qs.Sinusoid(shots=5, queries=5, batch_size=2, seed=0)
+    maml = qs.MAML(qs.models.MLP(1, 1, hidden=(8,)), inner_lr=0.01, inner_steps=1, loss="mse")
+    qs.Trainer(maml, tasks, steps=1, val_every=None, progress=False, tensorboard=False).fit()
+    assert calls == []  # an allocator already installed (maybe with the user's limits) is left as it is

@@ -215,8 +215,10 @@ PRECISIONS = ("float32", "bfloat16")
 
 
 def _enable_caching_allocator() -> None:
-    from ..cpu_allocator import CompilerNotFoundError, enable_caching_allocator
+    from ..cpu_allocator import CompilerNotFoundError, caching_allocator_enabled, enable_caching_allocator
 
+    if caching_allocator_enabled():  # keep the limits a user may have set
+        return
     try:
         enable_caching_allocator()
     except (CompilerNotFoundError, RuntimeError, OSError) as error:
