@@ -291,6 +291,40 @@ def test_lean_batch_norm_double_backward_equals_native_in_float64(channels_last)
     assert torch.autograd.gradgradcheck(batch_norm_train, (x, weight, bias))
 
 
+def test_lean_batch_norm_in_bfloat16_matches_the_float64_second_order_gradient():
+    """Under autocast the convolutions hand batch norm bfloat16 activations (float32 weights): the lean double
+    backward computes in float32, so its second-order gradients are the float64 ones to bfloat16 rounding."""
+    from quickstudy.models.batchnorm_grad import batch_norm_train
+
+    torch.manual_seed(2)
+    x64 = torch.randn(10, 4, 6, 6, dtype=torch.float64).bfloat16().double()  # values exact in bfloat16
+    weight64 = torch.tensor([0.5, 1.5, -2.0, 1.0], dtype=torch.float64)
+    bias64 = torch.tensor([0.1, -0.3, 0.7, 0.0], dtype=torch.float64)
+    probe = torch.randn(10, 4, 6, 6, dtype=torch.float64).bfloat16().double()
+
+    def second_order(norm, x, weight, bias):
+        x, weight, bias = (t.clone().requires_grad_() for t in (x, weight, bias))
+        inner = torch.autograd.grad((norm(x, weight, bias).to(probe.dtype) * probe).sin().sum(), (x, weight, bias),
+                                    create_graph=True)
+        return torch.autograd.grad(sum(g.double().pow(2).sum() for g in inner), (x, weight, bias))
+
+    def native(x_, w_, b_):
+        return nn.functional.batch_norm(x_, None, None, w_, b_, training=True)
+
+    reference = second_order(native, x64, weight64, bias64)
+    ours = second_order(batch_norm_train, x64.bfloat16(), weight64.float(), bias64.float())
+    torchs = second_order(native, x64.bfloat16(), weight64.float(), bias64.float())  # torch's own, in bfloat16
+    assert [g.dtype for g in ours] == [torch.bfloat16, torch.float32, torch.float32]
+    for a, t, b in zip(ours, torchs, reference):
+        error, torch_error = (((g.double() - b).norm() / b.norm()).item() for g in (a, t))
+        assert error < 3e-2 and error <= 1.25 * torch_error + 1e-3  # bfloat16 rounding, no worse than torch's
+
+    bn = TaskBatchNorm2d(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = bn(x64.bfloat16().requires_grad_())
+    assert type(y.grad_fn).__name__ == "_BatchNormTrainBackward"  # the lean path, not torch's composite
+
+
 def test_lean_batch_norm_updates_running_statistics_and_refuses_a_third_derivative():
     from quickstudy.models.batchnorm_grad import batch_norm_train
 

@@ -42,8 +42,9 @@ from .batchnorm_grad import batch_norm_train
 __all__ = ["BN_POLICIES", "TaskBatchNorm", "TaskBatchNorm2d", "make_norm"]
 
 BN_POLICIES = ("transductive", "running", "none")
-#: dtypes for which the plain-autograd path uses :func:`~.batchnorm_grad.batch_norm_train`
-_LEAN_DTYPES = (torch.float32, torch.float64)
+#: dtypes for which the plain-autograd path uses :func:`~.batchnorm_grad.batch_norm_train` (bfloat16: the
+#: convolution outputs under autocast; its double backward then computes in float32, like the statistics)
+_LEAN_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def _under_functorch(x: Tensor) -> bool:
@@ -119,8 +120,7 @@ class TaskBatchNorm(nn.Module):
             # plain autograd (the per-task loop, inference): the fused native kernels are exact here and the
             # fastest; with batch statistics under autograd, batchnorm_grad's double backward replaces torch's
             # generic one (second-order MAML: a quarter of a Conv4 meta-step on CPU)
-            if use_batch_stats and self.affine and torch.is_grad_enabled() and x.dtype in _LEAN_DTYPES \
-                    and not torch.is_autocast_enabled(x.device.type):
+            if use_batch_stats and self.affine and torch.is_grad_enabled() and x.dtype in _LEAN_DTYPES:
                 return batch_norm_train(x, self.weight, self.bias, self.running_mean if running else None,
                                         self.running_var if running else None, self.momentum, self.eps)
             return F.batch_norm(
