@@ -76,3 +76,18 @@ def test_unknown_precision_is_refused_by_trainer_and_config():
         Trainer(maml, [float_batch()], steps=1, progress=False, precision="fp8")
     with pytest.raises((ConfigError, ValueError), match="precision"):
         ExperimentConfig.model_validate({"train": {"precision": "float16"}})
+
+
+def test_bfloat16_with_several_second_order_steps_warns():
+    batches = [float_batch()]
+    second_order = MAML(Conv4(ways=3, hidden=8, image_size=16), inner_lr=0.4, inner_steps=5)
+    with pytest.warns(RuntimeWarning, match="bfloat16 meta-gradient of a multi-step second-order"):
+        Trainer(second_order, batches, steps=1, progress=False, precision="bfloat16")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning where bfloat16 stays close: one step, or first order
+        for maml in (MAML(Conv4(ways=3, hidden=8, image_size=16), inner_lr=0.4, inner_steps=1),
+                     MAML(Conv4(ways=3, hidden=8, image_size=16), inner_lr=0.4, inner_steps=5, first_order=True)):
+            Trainer(maml, batches, steps=1, progress=False, precision="bfloat16")
+        Trainer(second_order, batches, steps=1, progress=False)  # float32
