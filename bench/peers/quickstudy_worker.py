@@ -77,7 +77,8 @@ def build(cell, batch, dtype, strategy=None):
     learner = learner.to(device=sx.device, dtype=dtype)
     opt = torch.optim.Adam(learner.parameters(), lr=cell.outer_lr)
     DETAILS.clear()
-    DETAILS.update(requested_strategy=strategy if cell.algo != "reptile" else None, strategy=_resolved(cell, learner), allocator=allocator)
+    DETAILS.update(requested_strategy=strategy if cell.algo != "reptile" else None, strategy=_resolved(cell, learner),
+                   allocator=allocator)
 
     def step():
         opt.zero_grad()
