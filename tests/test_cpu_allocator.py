@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quickstudy import cpu_allocator
+from quickstudy import cpu_allocator, native
 
 needs_compiler = pytest.mark.skipif(
     not any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++")),
@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     import quickstudy as qs
-    from quickstudy import cpu_allocator
+    from quickstudy import cpu_allocator, native
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -98,7 +98,7 @@ def test_a_missing_compiler_is_named(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("PATH", "")
     with pytest.raises(cpu_allocator.CompilerNotFoundError, match="C\\+\\+ compiler"):
-        cpu_allocator._compiler()
+        native.compiler()
 
 
 def test_trainer_warns_and_trains_without_the_allocator(monkeypatch):

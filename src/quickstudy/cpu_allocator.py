@@ -23,19 +23,11 @@ not reported while it is installed. It cannot be uninstalled: tensors allocated 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-from .data.paths import cache_dir
+from .native import CompilerNotFoundError, build_library, source_path
 
 __all__ = [
     "CachingAllocatorStats",
@@ -47,13 +39,9 @@ __all__ = [
     "reset_peak_stats",
 ]
 
-_SOURCE = Path(__file__).parent / "csrc" / "caching_cpu_allocator.cpp"
+_SOURCE = source_path("caching_cpu_allocator.cpp")
 _LOCK = threading.Lock()
 _LIBRARY: ctypes.CDLL | None = None
-
-
-class CompilerNotFoundError(RuntimeError):
-    """No C++ compiler to build the allocator with."""
 
 
 @dataclass(frozen=True)
@@ -67,40 +55,6 @@ class CachingAllocatorStats:
     hits: int  # requests served from the cache
     misses: int  # requests that mapped fresh memory
     unmapped: int  # blocks returned to the kernel (cap exceeded or empty_cache)
-
-
-def _compiler() -> str:
-    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if candidate and shutil.which(candidate):
-            return candidate
-    raise CompilerNotFoundError(
-        "the caching CPU allocator is compiled on first use and needs a C++ compiler: none of $CXX, "
-        "c++, g++, clang++ was found (install one, e.g. `apt install g++`, or leave the allocator off)"
-    )
-
-
-def _build(compiler: str) -> Path:
-    source = _SOURCE.read_bytes()
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    key = hashlib.sha256(source + f"{torch.__version__}|{abi}|{compiler}".encode()).hexdigest()[:16]
-    target = cache_dir("native") / f"caching_cpu_allocator-{key}.so"
-    if target.exists():
-        return target
-    # torch.utils.cpp_extension would find these too, but imports setuptools (~5 MiB resident)
-    torch_dir = Path(torch.__file__).parent
-    torch_lib = torch_dir / "lib"
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
-        command = [
-            compiler, "-O2", "-std=c++17", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-            f"-I{torch_dir / 'include'}", str(_SOURCE),
-            f"-L{torch_lib}", "-lc10", f"-Wl,-rpath,{torch_lib}", "-o", str(built),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"building the caching CPU allocator failed:\n{' '.join(command)}\n{result.stderr}")
-        os.replace(built, target)  # atomic: a concurrent build of the same key writes the same bytes
-    return target
 
 
 def enable_caching_allocator(max_cached_bytes: int = 1 << 30, max_reuse_ratio: float = 4.0) -> bool:
@@ -122,7 +76,7 @@ def enable_caching_allocator(max_cached_bytes: int = 1 << 30, max_reuse_ratio: f
         raise RuntimeError(f"the caching CPU allocator needs mmap (Linux or macOS), not {sys.platform}")
     with _LOCK:
         if _LIBRARY is None:
-            library = ctypes.CDLL(str(_build(_compiler())))
+            library = ctypes.CDLL(str(build_library(_SOURCE, libraries=["c10"], flags=["-O2", "-std=c++17"])))
             library.qs_caching_allocator_install.argtypes = [ctypes.c_uint64, ctypes.c_double]
             library.qs_caching_allocator_install.restype = ctypes.c_int
             library.qs_caching_allocator_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64)]

@@ -16,13 +16,16 @@ on a detached copy, so no graph of the inner backward is ever built).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from functools import partial
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..models._checks import check_bool, check_choice, check_int, check_number
+from ..models.fused_block import backward_once as backward_once_context
 from ..models.learner import Learner
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, Predictor
@@ -187,10 +190,17 @@ class GradientMetaLearner(MetaLearner):
     def forward_adapted(self, meta, fast, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def task_loss(self, meta, support_x, support_y, query_x, query_y, use_func: bool) -> tuple[Tensor, Tensor]:
-        """Outer loss of one task: ``L(f(query_x; adapt(theta, support)), query_y)`` and the query outputs."""
-        fast, _ = self.inner_adapt(meta, support_x, support_y, self.inner_steps, not self.first_order, use_func)
-        outputs = self.forward_adapted(meta, fast, query_x)
+    def task_loss(self, meta, support_x, support_y, query_x, query_y, use_func: bool,
+                  backward_once: bool = False) -> tuple[Tensor, Tensor]:
+        """Outer loss of one task: ``L(f(query_x; adapt(theta, support)), query_y)`` and the query outputs.
+
+        ``backward_once``: the caller backpropagates the loss once, without ``create_graph`` (meta_backward),
+        so the query pass, and a first-order inner loop, may keep less for it (models/fused_block.py)."""
+        once = backward_once_context if backward_once else contextlib.nullcontext
+        with once() if self.first_order else contextlib.nullcontext():
+            fast, _ = self.inner_adapt(meta, support_x, support_y, self.inner_steps, not self.first_order, use_func)
+        with once():
+            outputs = self.forward_adapted(meta, fast, query_x)
         return self.loss_fn(outputs, query_y), outputs
 
     # ----------------------------------------------------------------- the shared interface
@@ -223,9 +233,10 @@ class GradientMetaLearner(MetaLearner):
         strategy = resolve_strategy(type(self).__name__, self.strategy, self.model, threads_ok=True)
         workers = None
         if strategy == "threads":
-            workers = [w.task_loss for w in self._thread_clones(thread_workers(batch.batch_size))]
-        losses, outputs = run_meta_backward(self.task_loss, self.meta_parameters(), batch, strategy, workers,
-                                            [p for p in self.parameters() if p.requires_grad])
+            workers = [partial(w.task_loss, backward_once=True)
+                       for w in self._thread_clones(thread_workers(batch.batch_size))]
+        losses, outputs = run_meta_backward(partial(self.task_loss, backward_once=True), self.meta_parameters(),
+                                            batch, strategy, workers, [p for p in self.parameters() if p.requires_grad])
         return summarize(losses, outputs, batch.query_y)
 
     def _thread_clones(self, count: int) -> list["GradientMetaLearner"]:

@@ -13,11 +13,14 @@ statistics, at training and at test time alike).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models._checks import check_choice
+from ..models.fused_block import backward_once as backward_once_context
 from ..models.learner import Learner
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, Predictor
@@ -71,9 +74,13 @@ class ProtoNet(MetaLearner):
             raise ValueError("ProtoNet is for classification; got a regression batch (floating labels)")
         return batch.ways if batch.ways is not None else int(batch.support_y.max()) + 1
 
-    def _task_fn(self, ways: int):
+    def _task_fn(self, ways: int, backward_once: bool = False):
+        # backward_once: meta_backward backpropagates each task once, so Conv4 may keep less (fused_block.py)
+        once = backward_once_context if backward_once else contextlib.nullcontext
+
         def task_fn(meta, sx, sy, qx, qy, use_func):
-            logits = self.logits(meta, sx, sy, qx, ways)
+            with once():
+                logits = self.logits(meta, sx, sy, qx, ways)
             return F.cross_entropy(logits, qy), logits
         return task_fn
 
@@ -86,7 +93,8 @@ class ProtoNet(MetaLearner):
     def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
         ways = self._ways(batch)
         strategy = resolve_strategy("ProtoNet", self.strategy, self.model)
-        losses, outputs = run_meta_backward(self._task_fn(ways), self.learner.params(), batch, strategy)
+        losses, outputs = run_meta_backward(self._task_fn(ways, backward_once=True), self.learner.params(), batch,
+                                            strategy)
         return summarize(losses, outputs, batch.query_y)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:

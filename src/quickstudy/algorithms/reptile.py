@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models._checks import check_choice, check_int, check_number
+from ..models.fused_block import backward_once
 from ..models.learner import Learner
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, Predictor
@@ -100,7 +101,8 @@ class Reptile(MetaLearner):
         with torch.enable_grad():
             for index in batches:
                 xb, yb = (x, y) if index is None else (x[index.to(x.device)], y[index.to(y.device)])
-                loss = self.loss_fn(self.learner(phi, xb), yb)
+                with backward_once():  # each step's graph is backpropagated once: Conv4 may keep less
+                    loss = self.loss_fn(self.learner(phi, xb), yb)
                 for t, g in zip(tensors, torch.autograd.grad(loss, tensors, materialize_grads=True)):
                     t.grad = g
                 opt.step()

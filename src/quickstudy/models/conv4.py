@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ._checks import check_bool, check_int
 from .batchnorm import _under_functorch, check_bn_policy, make_norm
+from .fused_block import bn_pool_relu, fused_tail_applies
 from .gemm_conv import conv2d_as_gemm, gemm_conv_applies
 
 __all__ = ["Conv4"]
@@ -34,6 +35,12 @@ CHANNELS_LAST_ON_CPU = True
 def _use_channels_last(x: Tensor) -> bool:
     # plain CPU tensors only: inside torch.func transforms (vmap over tasks) the layout is left alone
     return CHANNELS_LAST_ON_CPU and x.device.type == "cpu" and not _under_functorch(x)
+
+
+def fused_tail(x: Tensor, norm: nn.Module) -> Tensor:
+    running = norm.policy == "running"
+    return bn_pool_relu(x, norm.weight, norm.bias, norm.running_mean if running else None,
+                        norm.running_var if running else None, norm.momentum, norm.eps)
 
 
 class Conv4(nn.Module):
@@ -94,13 +101,23 @@ class Conv4(nn.Module):
             # A conv with 1-3 input channels (the first) runs as one matrix product, which is faster than
             # oneDNN's kernel and returns channels_last directly (models/gemm_conv.py); any other conv output
             # is converted (a no-op when it already is channels_last). Same values up to float rounding.
-            for layer in self.features:
+            # Batch norm -> max-pool -> ReLU runs fused where the graph is differentiated at most once
+            # (models/fused_block.py): it keeps a third of the memory and is faster.
+            layers = list(self.features)
+            i = 0
+            while i < len(layers):
+                layer = layers[i]
                 if gemm_conv_applies(layer):
                     x = conv2d_as_gemm(x, layer.weight, layer.bias, layer.stride[0], layer.padding[0])
+                elif i + 3 <= len(layers) and fused_tail_applies(x, *layers[i:i + 3]):
+                    x = fused_tail(x, layers[i])
+                    i += 3
+                    continue
                 else:
                     x = layer(x)
                 if isinstance(layer, nn.Conv2d):
                     x = x.contiguous(memory_format=torch.channels_last)
+                i += 1
         else:
             x = self.features(x)
         x = x.mean(dim=(2, 3)) if self.stride_variant else x.flatten(1)
