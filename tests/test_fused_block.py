@@ -52,6 +52,31 @@ def test_values_and_gradients_match_the_torch_ops_in_float64(shape):
 
 
 @needs_kernel
+def test_bfloat16_rounds_the_float_result_once_and_its_gradients_are_closer_than_torchs():
+    """bfloat16 in, bfloat16 out (autocast's convolution outputs), arithmetic and statistics in float32."""
+    gen = torch.Generator().manual_seed(7)
+    x = channels_last(torch.randn(6, 16, 12, 12, generator=gen) * 2 + 0.5).bfloat16()
+    weight, bias = torch.randn(16, generator=gen), torch.randn(16, generator=gen)
+    grad = channels_last(torch.randn(6, 16, 6, 6, generator=gen)).bfloat16()
+    exact = [t.double().requires_grad_() for t in (x, weight, bias)]
+    expected = reference(*exact)
+    expected.backward(grad.double())
+    native = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    reference(*native).backward(grad)
+    fused = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    with backward_once():
+        out = bn_pool_relu(*fused)
+    out.backward(grad)
+    assert out.dtype == fused[0].grad.dtype == torch.bfloat16 and fused[1].grad.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(out, expected) <= 2 ** -8  # one rounding of the float result
+    assert relative_error(fused[0].grad, exact[0].grad) <= 2 ** -8
+    assert relative_error(fused[0].grad, exact[0].grad) <= relative_error(native[0].grad, exact[0].grad)
+    for got, want in zip(fused[1:], exact[1:]):
+        assert relative_error(got.grad, want.grad) < 1e-5  # sums in float32, not bfloat16
+
+
+@needs_kernel
 def test_ties_send_the_gradient_to_the_first_maximum_as_torch_does():
     x = channels_last(torch.randn(2, 3, 4, 4))
     x[:, :, :2, :2] = 1.5  # a window whose four values are equal (positive after normalisation)
@@ -129,6 +154,22 @@ def test_conv4_fuses_only_inside_backward_once_and_keeps_far_less():
     assert fused_bytes < 0.6 * native_bytes  # no batch-norm output, no int64 pool indices
     with torch.no_grad():  # evaluation uses it too
         torch.testing.assert_close(model(images), plain, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+def test_conv4_fuses_under_bfloat16_autocast_too():
+    torch.manual_seed(0)
+    model = qs.models.Conv4(in_channels=1, ways=5, image_size=16)  # small: bfloat16 convolutions can be slow
+    images = torch.randn(10, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(images)
+        with backward_once():
+            fused = model(images)
+    assert "_BnPoolReluBackward" in _graph_ops(fused) and "_BnPoolReluBackward" not in _graph_ops(plain)
+    assert fused.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.float(), plain.float(), rtol=0.05, atol=0.05)
+    fused.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
 def test_backward_once_is_per_thread_and_restored():

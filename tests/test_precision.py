@@ -58,7 +58,10 @@ def test_autocast_reaches_the_worker_threads():
     assert relative(threads_bf16, loop_bf16) < 0.2 * relative(loop_bf16, exact)
 
 
-def test_trainer_precision_bfloat16_trains_and_is_recorded():
+def test_trainer_precision_bfloat16_trains_and_is_recorded(monkeypatch):
+    from quickstudy.training import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_fast_bfloat16", lambda: True)  # no warning on CPUs without bf16 instructions
     torch.manual_seed(0)
     maml = MAML(Conv4(ways=3, hidden=8, image_size=16), inner_lr=0.4, inner_steps=1)
     before = [p.detach().clone() for p in maml.parameters()]
@@ -78,7 +81,26 @@ def test_unknown_precision_is_refused_by_trainer_and_config():
         ExperimentConfig.model_validate({"train": {"precision": "float16"}})
 
 
-def test_bfloat16_with_several_second_order_steps_warns():
+def test_bfloat16_on_a_cpu_without_bfloat16_instructions_warns(monkeypatch):
+    from quickstudy.training import trainer
+
+    maml = MAML(Conv4(ways=3, hidden=8, image_size=16), inner_lr=0.4, inner_steps=1)
+    monkeypatch.setattr(trainer, "cpu_has_fast_bfloat16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="CPU without bfloat16 instructions"):
+        Trainer(maml, [float_batch()], steps=1, progress=False, precision="bfloat16")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(maml, [float_batch()], steps=1, progress=False)  # float32: nothing to say
+        monkeypatch.setattr(trainer, "cpu_has_fast_bfloat16", lambda: True)
+        Trainer(maml, [float_batch()], steps=1, progress=False, precision="bfloat16")
+
+
+def test_bfloat16_with_several_second_order_steps_warns(monkeypatch):
+    from quickstudy.training import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_fast_bfloat16", lambda: True)  # the other warning
     batches = [float_batch()]
     second_order = MAML(Conv4(ways=3, hidden=8, image_size=16), inner_lr=0.4, inner_steps=5)
     with pytest.warns(RuntimeWarning, match="bfloat16 meta-gradient of a multi-step second-order"):

@@ -19,8 +19,12 @@ window's maximum and applies batch norm's gradient through the batch statistics,
 in two passes over ``x``, which is also faster than the three native kernels (forward and backward).
 The backward is ``once_differentiable``: differentiating it again raises an error instead of being
 wrong. Conv4 uses it inside :func:`backward_once` (the MAML family sets it around the query pass, and
-around the inner loop when first order) and without autograd (evaluation), on float32 channels-last
-CPU tensors; elsewhere (second-order inner loops, autocast, ``torch.func``, CUDA) the composite path.
+around the inner loop when first order) and without autograd (evaluation), on float32 or bfloat16
+channels-last CPU tensors; elsewhere (second-order inner loops, ``torch.func``, CUDA) the composite path.
+A bfloat16 ``x`` (the convolution outputs under CPU autocast) gives a bfloat16 output and input gradient;
+the statistics, the weight's gradients and all arithmetic are float32, as in torch's bfloat16 batch norm,
+and the output is the float result rounded once, which is what batch norm -> max-pool -> ReLU in bfloat16
+give (rounding is monotone: it commutes with the maximum and the ReLU).
 
 The kernel is compiled on first use (:mod:`quickstudy.native`, about 10 s); without a compiler the
 composite path is used, with one warning.
@@ -76,7 +80,7 @@ def _ops():
 
             try:
                 path = build_library(source_path("bn_pool_relu.cpp"), libraries=["torch_cpu", "c10"],
-                                     flags=["-O3", "-march=native", "-std=c++17", "-w"])
+                                     flags=["-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-w"])
                 torch.ops.load_library(str(path))
                 _OPS = torch.ops.quickstudy_fused
             except (CompilerNotFoundError, RuntimeError, OSError) as error:
@@ -109,7 +113,7 @@ class _BnPoolRelu(torch.autograd.Function):
 def bn_pool_relu(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None = None,
                  running_var: Tensor | None = None, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """``relu(max_pool2d(F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum,
-    eps), 2))`` for a float32 channels-last CPU ``x``, keeping only ``x`` and the output for the backward
+    eps), 2))`` for a float32 or bfloat16 channels-last CPU ``x``, keeping only ``x`` and the output for the backward
     (once differentiable). Raises ``RuntimeError`` where the kernel cannot be built."""
     if _ops() is None:
         raise RuntimeError(f"the fused batch norm/max-pool/ReLU kernel is unavailable: {_UNAVAILABLE}")
@@ -129,14 +133,14 @@ def _is_2x2_pool(pool: nn.Module) -> bool:
 
 def fused_tail_applies(x: Tensor, norm: nn.Module, pool: nn.Module, relu: nn.Module) -> bool:
     """Whether ``relu(pool(norm(x)))`` may run as :func:`bn_pool_relu` here: batch statistics, an affine
-    ``TaskBatchNorm2d``, a 2x2 max-pool, a float32 channels-last CPU ``x`` of at least 2x2, and either no
+    ``TaskBatchNorm2d``, a 2x2 max-pool, a float32 or bfloat16 channels-last CPU ``x`` of at least 2x2, and either no
     autograd or a graph inside :func:`backward_once`."""
     from .batchnorm import TaskBatchNorm2d, _under_functorch
 
     if not (FUSED_BLOCKS_ON_CPU and type(relu) is nn.ReLU and isinstance(norm, TaskBatchNorm2d) and norm.affine
             and not norm.primitive and (norm.policy == "transductive" or norm.training) and _is_2x2_pool(pool)):
         return False
-    if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] >= 2
+    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4 and x.shape[2] >= 2
             and x.shape[3] >= 2 and x.is_contiguous(memory_format=torch.channels_last)):
         return False
     if torch.is_grad_enabled() and not backward_once_active():
