@@ -1,0 +1,74 @@
+"""In-process A/B of Conv4's fused block tail (models/fused_block.py): MAML meta-steps alternating with the
+fused batch norm -> max-pool -> ReLU on and off, in one process, so that machine noise hits both alike.
+
+    python bench/fused_ab.py                       # 1-shot, 1 inner step, second order, meta-batch 32
+    python bench/fused_ab.py --shots 5 --reps 8
+    python bench/fused_ab.py --inner-steps 5 --first-order
+
+Prints tasks/s of each and their ratio (median over the alternating repeats). Random 28x28 images, 5-way,
+15 queries per class, Adam 1e-3, the default strategy (threads on CPU) and the caching allocator, as
+bench/speed.py's quickstudy row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import quickstudy as qs
+from quickstudy.models import fused_block
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--inner-steps", type=int, default=1)
+    parser.add_argument("--first-order", action="store_true")
+    parser.add_argument("--meta-batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=6, help="timed meta-steps of each, alternating")
+    args = parser.parse_args(argv)
+
+    qs.enable_caching_allocator()
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    tasks, ways, queries = args.meta_batch, 5, 15
+    batch = qs.TaskBatch(
+        support_x=torch.randn(tasks, ways * args.shots, 1, 28, 28, generator=gen),
+        support_y=torch.arange(ways).repeat_interleave(args.shots).repeat(tasks, 1),
+        query_x=torch.randn(tasks, ways * queries, 1, 28, 28, generator=gen),
+        query_y=torch.arange(ways).repeat_interleave(queries).repeat(tasks, 1), ways=ways)
+    torch.manual_seed(0)
+    maml = qs.MAML(qs.models.Conv4(in_channels=1, ways=ways), inner_lr=0.4, inner_steps=args.inner_steps,
+                   first_order=args.first_order)
+    optimizer = torch.optim.Adam(maml.parameters(), 1e-3)
+
+    def meta_step() -> float:
+        started = time.perf_counter()
+        optimizer.zero_grad()
+        maml.meta_backward(batch)
+        optimizer.step()
+        return time.perf_counter() - started
+
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for fused in (True, False):  # warm-up: builds the kernel, fills the allocator's cache
+            fused_block.FUSED_BLOCKS_ON_CPU = fused
+            meta_step()
+        for _ in range(args.reps):
+            for fused in (True, False):
+                fused_block.FUSED_BLOCKS_ON_CPU = fused
+                seconds[fused].append(meta_step())
+    finally:
+        fused_block.FUSED_BLOCKS_ON_CPU = True
+    fused_s, native_s = statistics.median(seconds[True]), statistics.median(seconds[False])
+    print(f"{args.shots}-shot, {args.inner_steps} step(s), {'first' if args.first_order else 'second'} order, "
+          f"meta-batch {tasks}, {args.threads} threads: fused {tasks / fused_s:.2f} tasks/s, native "
+          f"{tasks / native_s:.2f} tasks/s, fused / native {native_s / fused_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
