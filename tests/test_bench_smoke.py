@@ -79,6 +79,16 @@ def test_leak_script_runs(capsys):
     assert "RSS" in capsys.readouterr().out
 
 
+def test_fused_ab_script_runs_and_leaves_fusion_on(capsys):
+    import fused_ab
+
+    from quickstudy.models import fused_block
+
+    fused_ab.main(["--meta-batch", "1", "--reps", "1", "--threads", "1", "--first-order"])
+    assert "fused / native" in capsys.readouterr().out
+    assert fused_block.FUSED_BLOCKS_ON_CPU is True
+
+
 def test_gpu_table_prints_the_recorded_h100_run(capsys):
     """The GPU table reads the JSON the H100 run wrote (docs/bench/speed_h100.json): ratios and GPU memory."""
     import speed
