@@ -1,9 +1,13 @@
 """In-process A/B of Conv4's fused block tail (models/fused_block.py): MAML meta-steps alternating with the
 fused batch norm -> max-pool -> ReLU on and off, in one process, so that machine noise hits both alike.
+``--switch lean-pool`` alternates the lean batch norm -> max-pool of second-order inner loops
+(models/lean_pool.py) instead.
 
     python bench/fused_ab.py                       # 1-shot, 1 inner step, second order, meta-batch 32
     python bench/fused_ab.py --shots 5 --reps 8
     python bench/fused_ab.py --inner-steps 5 --first-order
+    python bench/fused_ab.py --bfloat16            # under autocast, as Trainer(precision="bfloat16")
+    python bench/fused_ab.py --switch lean-pool --shots 5 --inner-steps 5
 
 Prints tasks/s of each and their ratio (median over the alternating repeats). Random 28x28 images, 5-way,
 15 queries per class, Adam 1e-3, the default strategy (threads on CPU) and the caching allocator, as
@@ -19,7 +23,10 @@ import time
 import torch
 
 import quickstudy as qs
-from quickstudy.models import fused_block
+from quickstudy.models import fused_block, lean_pool
+
+#: what --switch turns on and off: (module, flag)
+SWITCHES = {"fused-tail": (fused_block, "FUSED_BLOCKS_ON_CPU"), "lean-pool": (lean_pool, "LEAN_POOL_ON_CPU")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--meta-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bfloat16", action="store_true", help="meta-steps under bfloat16 autocast")
+    parser.add_argument("--switch", choices=sorted(SWITCHES), default="fused-tail", help="what to turn on and off")
     parser.add_argument("--reps", type=int, default=6, help="timed meta-steps of each, alternating")
     args = parser.parse_args(argv)
 
@@ -49,25 +58,27 @@ def main(argv: list[str] | None = None) -> None:
     def meta_step() -> float:
         started = time.perf_counter()
         optimizer.zero_grad()
-        maml.meta_backward(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bfloat16):
+            maml.meta_backward(batch)
         optimizer.step()
         return time.perf_counter() - started
 
+    module, flag = SWITCHES[args.switch]
     seconds: dict[bool, list[float]] = {True: [], False: []}
     try:
-        for fused in (True, False):  # warm-up: builds the kernel, fills the allocator's cache
-            fused_block.FUSED_BLOCKS_ON_CPU = fused
+        for on in (True, False):  # warm-up: builds the kernel, fills the allocator's cache
+            setattr(module, flag, on)
             meta_step()
         for _ in range(args.reps):
-            for fused in (True, False):
-                fused_block.FUSED_BLOCKS_ON_CPU = fused
-                seconds[fused].append(meta_step())
+            for on in (True, False):
+                setattr(module, flag, on)
+                seconds[on].append(meta_step())
     finally:
-        fused_block.FUSED_BLOCKS_ON_CPU = True
+        setattr(module, flag, True)
     fused_s, native_s = statistics.median(seconds[True]), statistics.median(seconds[False])
     print(f"{args.shots}-shot, {args.inner_steps} step(s), {'first' if args.first_order else 'second'} order, "
-          f"meta-batch {tasks}, {args.threads} threads: fused {tasks / fused_s:.2f} tasks/s, native "
-          f"{tasks / native_s:.2f} tasks/s, fused / native {native_s / fused_s:.2f}x")
+          f"meta-batch {tasks}, {args.threads} threads{', bfloat16' if args.bfloat16 else ''}, {args.switch}: "
+          f"on {tasks / fused_s:.2f} tasks/s, off {tasks / native_s:.2f} tasks/s, on / off {native_s / fused_s:.2f}x")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import quickstudy as qs
-from quickstudy.models import fused_block
+from quickstudy.models import fused_block, lean_pool
 from quickstudy.models.fused_block import backward_once, bn_pool_relu
 
 needs_kernel = pytest.mark.skipif(fused_block._ops() is None, reason="no C++ compiler to build the kernel")
@@ -138,7 +138,7 @@ def _saved_bytes(fn):
 
 
 @needs_kernel
-def test_conv4_fuses_only_inside_backward_once_and_keeps_far_less():
+def test_conv4_fuses_only_inside_backward_once_and_keeps_far_less(monkeypatch):
     torch.manual_seed(0)
     model = qs.models.Conv4(in_channels=1, ways=5)
     images = torch.randn(20, 1, 28, 28)
@@ -148,10 +148,13 @@ def test_conv4_fuses_only_inside_backward_once_and_keeps_far_less():
         fused = model(images)
     assert "_BnPoolReluBackward" in _graph_ops(fused)
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
-    native_bytes = _saved_bytes(lambda: model(images))
+    lean_bytes = _saved_bytes(lambda: model(images))  # outside backward_once: twice differentiable, lean pool
     with backward_once():
         fused_bytes = _saved_bytes(lambda: model(images))
+    monkeypatch.setattr(lean_pool, "LEAN_POOL_ON_CPU", False)
+    native_bytes = _saved_bytes(lambda: model(images))
     assert fused_bytes < 0.6 * native_bytes  # no batch-norm output, no int64 pool indices
+    assert fused_bytes < lean_bytes < native_bytes
     with torch.no_grad():  # evaluation uses it too
         torch.testing.assert_close(model(images), plain, rtol=1e-4, atol=1e-5)
 

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batchnorm_grad import batch_norm_train
+from .batchnorm_grad import batch_norm_pool_train, batch_norm_train
+from .lean_pool import fits_choices
 
 __all__ = ["BN_POLICIES", "TaskBatchNorm", "TaskBatchNorm2d", "make_norm"]
 
@@ -112,15 +113,30 @@ class TaskBatchNorm(nn.Module):
                 f"got {tuple(x.shape)}"
             )
 
+    def _lean_train_applies(self, x: Tensor) -> bool:
+        # plain autograd (the per-task loop) with batch statistics: batchnorm_grad's double backward replaces
+        # torch's generic one (second-order MAML: a quarter of a Conv4 meta-step on CPU)
+        return (not self.primitive and not _under_functorch(x) and (self.policy == "transductive" or self.training)
+                and self.affine and torch.is_grad_enabled() and x.dtype in _LEAN_DTYPES)
+
+    def forward_then_max_pool2x2(self, x: Tensor) -> Tensor:
+        """``F.max_pool2d(self(x), 2)``; where the lean training path applies, one op that keeps neither the
+        batch-norm output nor its full-size gradient (:func:`~.batchnorm_grad.batch_norm_pool_train`)."""
+        self._check_input(x)
+        if self._lean_train_applies(x) and fits_choices(x):
+            running = self.policy == "running"
+            return batch_norm_pool_train(x, self.weight, self.bias, self.running_mean if running else None,
+                                         self.running_var if running else None, self.momentum, self.eps)
+        return F.max_pool2d(self(x), 2)
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         use_batch_stats = self.policy == "transductive" or self.training
         running = self.policy == "running"
         if not self.primitive and not _under_functorch(x):
             # plain autograd (the per-task loop, inference): the fused native kernels are exact here and the
-            # fastest; with batch statistics under autograd, batchnorm_grad's double backward replaces torch's
-            # generic one (second-order MAML: a quarter of a Conv4 meta-step on CPU)
-            if use_batch_stats and self.affine and torch.is_grad_enabled() and x.dtype in _LEAN_DTYPES:
+            # fastest
+            if self._lean_train_applies(x):
                 return batch_norm_train(x, self.weight, self.bias, self.running_mean if running else None,
                                         self.running_var if running else None, self.momentum, self.eps)
             return F.batch_norm(

@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_bool, check_int
-from .batchnorm import _under_functorch, check_bn_policy, make_norm
+from .batchnorm import TaskBatchNorm, _under_functorch, check_bn_policy, make_norm
 from .fused_block import bn_pool_relu, fused_tail_applies
 from .gemm_conv import conv2d_as_gemm, gemm_conv_applies
+from .lean_pool import lean_max_pool2x2, lean_pool_applies
 
 __all__ = ["Conv4"]
 
@@ -102,7 +103,9 @@ class Conv4(nn.Module):
             # oneDNN's kernel and returns channels_last directly (models/gemm_conv.py); any other conv output
             # is converted (a no-op when it already is channels_last). Same values up to float rounding.
             # Batch norm -> max-pool -> ReLU runs fused where the graph is differentiated at most once
-            # (models/fused_block.py): it keeps a third of the memory and is faster.
+            # (models/fused_block.py): it keeps a third of the memory and is faster. Elsewhere (second-order
+            # inner loops) batch norm -> max-pool keeps neither the batch-norm output nor its full-size gradient
+            # (TaskBatchNorm.forward_then_max_pool2x2), a lone max-pool only its window choices (lean_pool.py).
             layers = list(self.features)
             i = 0
             while i < len(layers):
@@ -113,6 +116,13 @@ class Conv4(nn.Module):
                     x = fused_tail(x, layers[i])
                     i += 3
                     continue
+                elif (x.requires_grad and torch.is_grad_enabled() and i + 2 <= len(layers)
+                      and isinstance(layer, TaskBatchNorm) and lean_pool_applies(x, layers[i + 1])):
+                    x = layer.forward_then_max_pool2x2(x)
+                    i += 2
+                    continue
+                elif x.requires_grad and torch.is_grad_enabled() and lean_pool_applies(x, layer):
+                    x = lean_max_pool2x2(x)
                 else:
                     x = layer(x)
                 if isinstance(layer, nn.Conv2d):
