@@ -138,3 +138,17 @@ def test_driver_tables_agree_with_the_workers():
         worker = constants(lib)
         assert worker["SUPPORTS"] == speed.LIB_SUPPORTS[lib], lib
         assert worker["LIBRARY"] == speed.LIB_NAMES[lib], lib
+
+
+def test_rows_without_their_own_flop_count_use_the_plain_loops():
+    """The threads strategy hides its FLOPs from FlopCounterMode (one thread's view): the table then uses the
+    plain loop's count (same maths) for its achieved FLOP/s, marked, rather than leaving it blank."""
+    import speed
+
+    rows = {"torch_loop": {"tasks_per_s": 10.0, "flops": 2e11, "peak_rss_mib": 500.0},
+            "quickstudy": {"tasks_per_s": 20.0, "flops": None, "peak_rss_mib": 450.0},
+            "learn2learn": {"tasks_per_s": 8.0, "flops": 2e11, "peak_rss_mib": 510.0}}
+    speed.summarize_cell(rows)
+    assert rows["quickstudy"]["useful_flops"] == 2e11 and "threads" in rows["quickstudy"]["flops_note"]
+    assert rows["learn2learn"]["useful_flops"] == 2e11 and "flops_note" not in rows["learn2learn"]
+    assert rows["quickstudy"]["ratio_to_fastest_peer"] == 2.5

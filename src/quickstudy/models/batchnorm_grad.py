@@ -37,10 +37,6 @@ def _per_channel(v: Tensor, like: Tensor) -> Tensor:
     return v.view((1, -1) + (1,) * (like.dim() - 2))
 
 
-def _reduce_dims(x: Tensor) -> list[int]:
-    return [0] + list(range(2, x.dim()))
-
-
 def _refuse_third_derivative(tensors: tuple[Tensor | None, ...]) -> None:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         raise RuntimeError(
@@ -49,22 +45,33 @@ def _refuse_third_derivative(tensors: tuple[Tensor | None, ...]) -> None:
             "on the TaskBatchNorm layers")
 
 
+def _channel_dots(u: Tensor, v: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sum u (v - mean) invstd, sum u)`` per channel, by batch norm's backward kernel: no full-size temporary."""
+    _, dot, total = torch.ops.aten.native_batch_norm_backward(
+        u, v, None, None, None, mean, invstd, True, 0.0, [False, True, True])
+    return dot, total
+
+
 def _double_backward(gy, x, weight, mean, invstd, gw, gb, ux, uw, ub) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dL/dgy, dL/dx, dL/dw)`` of the module docstring, given ``(ux, uw, ub)``."""
-    dims = _reduce_dims(x)
+    """``(dL/dgy, dL/dx, dL/dw)`` of the module docstring, given ``(ux, uw, ub)``. The terms in ``x^`` are written
+    in ``x`` (``x^ = s x - s mean``), so that the two full-size results are the only full-size tensors made."""
     m = x.numel() // x.shape[1]
     ws = weight * invstd
-    xhat = (x - _per_channel(mean, x)) * _per_channel(invstd, x)
-    su, sux, sug = ux.sum(dims), (ux * xhat).sum(dims), (ux * gy).sum(dims)
+    sux, su = _channel_dots(ux, x, mean, invstd)
+    sug, _ = _channel_dots(ux, gy, torch.zeros_like(mean), torch.ones_like(invstd))
     c1 = uw - ws * sux / m
     c2 = -ws * gw / m
-    g_gy = (_per_channel(ws, x) * ux).addcmul_(xhat, _per_channel(c1, x)).add_(_per_channel(ub - ws * su / m, x))
+    # dL/dgy = w s ux + c1 x^ + (ub - w s Su/M)
+    g_gy = torch.addcmul(_per_channel(ub - ws * su / m - c1 * invstd * mean, x), ux, _per_channel(ws, x))
+    g_gy.addcmul_(x, _per_channel(c1 * invstd, x))
     inner = sug - gb * su / m - gw * sux / m
     g_w = invstd * inner
     big_h, big_hx = c1 * gb + c2 * su, c1 * gw + c2 * sux
     xhat_coef = -invstd * big_hx / m - weight * inner * invstd.square() / m
-    g_x = (_per_channel(invstd * c1, x) * gy).addcmul_(ux, _per_channel(invstd * c2, x))
-    g_x.addcmul_(xhat, _per_channel(xhat_coef, x)).add_(_per_channel(-invstd * big_h / m, x))
+    # dL/dx = s c1 gy + s c2 ux + xhat_coef x^ - s H/M
+    g_x = torch.addcmul(_per_channel(-invstd * big_h / m - xhat_coef * invstd * mean, x), gy,
+                        _per_channel(invstd * c1, x))
+    g_x.addcmul_(ux, _per_channel(invstd * c2, x)).addcmul_(x, _per_channel(xhat_coef * invstd, x))
     return g_gy, g_x, g_w
 
 
