@@ -124,7 +124,7 @@ def test_native_batch_norm_under_vmap_is_wrong_at_second_order_which_is_why_vmap
     assert errors[False] > 1e-4, f"native BN under vmap now agrees with the loop ({errors[False]:.2e})"
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "maml-stride"])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "maml-stride", "protonet"])
 def test_threads_equal_loop_in_float64_and_are_deterministic(name):
     """strategy='threads' (tasks split over 2 worker threads, each on its own module structure) gives the
     loop's meta-gradient up to summation order, and the same bits run to run."""
@@ -180,10 +180,21 @@ def test_auto_chooses_threads_on_cpu_for_convolutional_models_with_two_threads()
         torch.set_num_threads(previous)
 
 
-def test_threads_refuse_shared_running_statistics_and_non_gradient_learners():
+def test_threads_refuse_shared_running_statistics():
     model = conv4(batch_norm="running")
     with pytest.raises(ValueError, match="running"):
         MAML(model, strategy="threads").meta_backward(image_batch())
     assert resolve_strategy("MAML", "auto", model, threads_ok=True) == "loop"
-    with pytest.raises(ValueError, match="strategy"):
-        ProtoNet(conv4(ways=None), strategy="threads")
+    with pytest.raises(ValueError, match="running"):
+        ProtoNet(conv4(ways=None, batch_norm="running"), strategy="threads").meta_backward(image_batch())
+
+
+def test_threads_learners_run_meta_loss_and_predict_as_the_loop():
+    """Only meta_backward is threaded; meta_loss and predict of a 'threads' learner run as the loop."""
+    batch = image_batch(B=3)
+    for name in ("maml", "protonet"):
+        threaded, looped = LEARNERS[name]("threads"), LEARNERS[name]("loop")
+        loss_t, metrics_t = threaded.meta_loss(batch)
+        loss_l, metrics_l = looped.meta_loss(batch)
+        assert torch.equal(loss_t, loss_l) and metrics_t == metrics_l
+        assert torch.equal(threaded.predict(batch), looped.predict(batch))

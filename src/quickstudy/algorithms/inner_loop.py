@@ -17,7 +17,6 @@ on a detached copy, so no graph of the inner backward is ever built).
 from __future__ import annotations
 
 import contextlib
-import copy
 from functools import partial
 from typing import Any, Callable, Mapping
 
@@ -30,7 +29,8 @@ from ..models.learner import Learner
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, Predictor
 from .losses import LossFn, resolve_loss, summarize
-from .strategy import GRADIENT_STRATEGIES, resolve_strategy, run_meta_backward, run_meta_loss, run_predict, thread_workers
+from .strategy import (GRADIENT_STRATEGIES, module_copies, resolve_strategy, run_meta_backward, run_meta_loss,
+                       run_predict, thread_workers)
 
 __all__ = ["inner_gradients", "sgd_step", "sgd_inner_loop", "GradientMetaLearner", "AdaptedPredictor"]
 
@@ -241,33 +241,29 @@ class GradientMetaLearner(MetaLearner):
 
     def _thread_clones(self, count: int) -> list["GradientMetaLearner"]:
         """``count`` shallow copies of this meta-learner for worker threads, each with its own copy of the
-        model's module structure over the SAME parameter and buffer tensors (``functional_call`` swaps a
-        module's tensors: not thread-safe on one module). Cached while the tensors and modes are unchanged."""
-        modules = list(self.model.modules())
-        key = (tuple(id(t) for t in self.model.parameters()), tuple(id(t) for t in self.model.buffers()),
-               tuple(m.training for m in modules))
-        cache = self.__dict__.get("_thread_cache")
-        if cache is None or cache[0] != key:
-            cache = (key, [])
-            object.__setattr__(self, "_thread_cache", cache)
-        clones = cache[1]
-        while len(clones) < count:
-            memo = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
-            model = copy.deepcopy(self.model, memo)
-            mapping = {id(a): b for a, b in zip(modules, model.modules())}
-            clone = object.__new__(type(self))
-            state = {k: v for k, v in self.__dict__.items() if k != "_thread_cache"}
-            state["_modules"] = dict(self._modules)
-            for k, v in list(state["_modules"].items()):
-                if v is not None and id(v) in mapping:
-                    state["_modules"][k] = mapping[id(v)]
-            for k, v in list(state.items()):
-                if isinstance(v, nn.Module) and id(v) in mapping:  # e.g. ANIL's view of its head module
-                    state[k] = mapping[id(v)]
-            state["learner"] = Learner(model)
-            clone.__dict__.update(state)
-            clones.append(clone)
-        return clones[:count]
+        model's module structure over the SAME parameter and buffer tensors (:func:`~.strategy.module_copies`).
+        Cached while the tensors and modes are unchanged."""
+        cache = self.__dict__.setdefault("_thread_cache", {})
+        models = module_copies(self.model, count, cache)  # clears the cache when the tensors or modes changed
+        clones = cache.setdefault("clones", {})
+        result = []
+        for model in models:
+            if id(model) not in clones:
+                mapping = {id(a): b for a, b in zip(self.model.modules(), model.modules())}
+                clone = object.__new__(type(self))
+                state = {k: v for k, v in self.__dict__.items() if k != "_thread_cache"}
+                state["_modules"] = dict(self._modules)
+                for k, v in list(state["_modules"].items()):
+                    if v is not None and id(v) in mapping:
+                        state["_modules"][k] = mapping[id(v)]
+                for k, v in list(state.items()):
+                    if isinstance(v, nn.Module) and id(v) in mapping:  # e.g. ANIL's view of its head module
+                        state[k] = mapping[id(v)]
+                state["learner"] = Learner(model)
+                clone.__dict__.update(state)
+                clones[id(model)] = clone
+            result.append(clones[id(model)])
+        return result
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
         owner = type(self).__name__

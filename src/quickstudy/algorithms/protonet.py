@@ -26,7 +26,8 @@ from ..tasks.batch import TaskBatch
 from .base import MetaLearner, Predictor
 from .inner_loop import AdaptedPredictor, check_task, detach_tree
 from .losses import summarize
-from .strategy import STRATEGIES, resolve_strategy, run_meta_backward, run_meta_loss, run_predict
+from .strategy import (GRADIENT_STRATEGIES, module_copies, resolve_strategy, run_meta_backward, run_meta_loss,
+                       run_predict, thread_workers)
 
 __all__ = ["ProtoNet", "prototypes", "squared_distances"]
 
@@ -55,17 +56,18 @@ class ProtoNet(MetaLearner):
             raise TypeError(f"ProtoNet: model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.learner = Learner(model)
-        self.strategy = check_choice("ProtoNet", "strategy", strategy, STRATEGIES)
+        self.strategy = check_choice("ProtoNet", "strategy", strategy, GRADIENT_STRATEGIES)
 
-    def _embed(self, params, x: Tensor) -> Tensor:
-        z = self.learner(params, x)
+    def _embed(self, params, x: Tensor, learner: Learner | None = None) -> Tensor:
+        z = (learner or self.learner)(params, x)
         if z.dim() != 2:
             raise ValueError(f"ProtoNet: the model must return [n, D] embeddings, got {tuple(z.shape)}")
         return z
 
-    def logits(self, params, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
-        protos = prototypes(self._embed(params, support_x), support_y, ways)
-        return -squared_distances(self._embed(params, query_x), protos)
+    def logits(self, params, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int,
+               learner: Learner | None = None) -> Tensor:
+        protos = prototypes(self._embed(params, support_x, learner), support_y, ways)
+        return -squared_distances(self._embed(params, query_x, learner), protos)
 
     def _ways(self, batch: TaskBatch) -> int:
         if not isinstance(batch, TaskBatch):
@@ -74,13 +76,14 @@ class ProtoNet(MetaLearner):
             raise ValueError("ProtoNet is for classification; got a regression batch (floating labels)")
         return batch.ways if batch.ways is not None else int(batch.support_y.max()) + 1
 
-    def _task_fn(self, ways: int, backward_once: bool = False):
-        # backward_once: meta_backward backpropagates each task once, so Conv4 may keep less (fused_block.py)
+    def _task_fn(self, ways: int, backward_once: bool = False, learner: Learner | None = None):
+        # backward_once: meta_backward backpropagates each task once, so Conv4 may keep less (fused_block.py);
+        # learner: a worker thread's own module structure (strategy "threads")
         once = backward_once_context if backward_once else contextlib.nullcontext
 
         def task_fn(meta, sx, sy, qx, qy, use_func):
             with once():
-                logits = self.logits(meta, sx, sy, qx, ways)
+                logits = self.logits(meta, sx, sy, qx, ways, learner)
             return F.cross_entropy(logits, qy), logits
         return task_fn
 
@@ -92,9 +95,14 @@ class ProtoNet(MetaLearner):
 
     def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
         ways = self._ways(batch)
-        strategy = resolve_strategy("ProtoNet", self.strategy, self.model)
+        strategy = resolve_strategy("ProtoNet", self.strategy, self.model, threads_ok=True)
+        workers = None
+        if strategy == "threads":  # tasks split over worker threads, each on its own module structure
+            cache = self.__dict__.setdefault("_thread_cache", {})
+            workers = [self._task_fn(ways, backward_once=True, learner=Learner(model))
+                       for model in module_copies(self.model, thread_workers(batch.batch_size), cache)]
         losses, outputs = run_meta_backward(self._task_fn(ways, backward_once=True), self.learner.params(), batch,
-                                            strategy)
+                                            strategy, workers, [p for p in self.parameters() if p.requires_grad])
         return summarize(losses, outputs, batch.query_y)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:

@@ -13,7 +13,7 @@ and this module runs it over the B tasks of a :class:`~quickstudy.TaskBatch`:
 ``"vmap"``
     ``torch.func.vmap`` over the task dimension (inner gradients with ``torch.func.grad``,
     ``use_func=True``), then one backward through the mean: every task's graph is alive at once.
-``"threads"`` (gradient meta-learners: MAML, FOMAML, Meta-SGD, ANIL)
+``"threads"`` (gradient meta-learners: MAML, FOMAML, Meta-SGD, ANIL; and ProtoNet)
     The per-task loop of ``"loop"`` split over ``W = torch.get_num_threads()`` Python worker threads (at
     most one per task and per CPU core), each running its share of the tasks with ONE intra-op thread and
     its own copy of the module structure (``torch.func.functional_call`` is not thread-safe on one module;
@@ -46,6 +46,7 @@ written from inside vmap).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -58,11 +59,12 @@ from torch import Tensor, nn
 from ..models.batchnorm import TaskBatchNorm
 from ..tasks.batch import TaskBatch
 
-__all__ = ["STRATEGIES", "GRADIENT_STRATEGIES", "TaskFn", "resolve_strategy", "run_meta_loss", "run_meta_backward",
-           "run_predict", "threads_obstacle", "thread_workers"]
+__all__ = ["STRATEGIES", "GRADIENT_STRATEGIES", "TaskFn", "module_copies", "resolve_strategy", "run_meta_loss",
+           "run_meta_backward", "run_predict", "threads_obstacle", "thread_workers"]
 
 STRATEGIES = ("auto", "loop", "vmap")
-#: the strategies of the gradient meta-learners (their shell provides per-thread task functions)
+#: the strategies of the meta-learners whose shell provides per-thread task functions (the gradient
+#: meta-learners and ProtoNet)
 GRADIENT_STRATEGIES = STRATEGIES + ("threads",)
 
 TaskFn = Callable[..., tuple[Tensor, Tensor]]
@@ -112,18 +114,35 @@ def thread_workers(batch_size: int) -> int:
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, batch_size))
 
 
+def module_copies(model: nn.Module, count: int, cache: dict) -> list[nn.Module]:
+    """``count`` copies of ``model``'s module structure over the SAME parameter and buffer tensors, one per worker
+    thread (``functional_call`` swaps a module's tensors: not thread-safe on one module). Kept in ``cache`` (the
+    caller's dict) while the tensors and the training modes are unchanged; ``cache`` is cleared otherwise."""
+    key = (tuple(id(t) for t in model.parameters()), tuple(id(t) for t in model.buffers()),
+           tuple(m.training for m in model.modules()))
+    if cache.get("key") != key:
+        cache.clear()
+        cache.update(key=key, copies=[])
+    copies = cache["copies"]
+    while len(copies) < count:
+        shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+        copies.append(copy.deepcopy(model, shared))
+    return copies[:count]
+
+
 def _has_convolution(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
 
 
 def resolve_strategy(owner: str, strategy: str, module: nn.Module, threads_ok: bool = False) -> str:
     """The concrete strategy (``"loop"``, ``"vmap"`` or ``"threads"``) for ``module`` in its current mode and
-    device. ``threads_ok``: the caller can run ``"threads"`` (it provides per-thread task functions)."""
+    device. ``threads_ok``: the caller can run ``"threads"`` (it provides per-thread task functions); for other
+    callers (``meta_loss``, ``predict``) ``"threads"`` runs as ``"loop"``."""
     if strategy == "loop":
         return "loop"
     if strategy == "threads":
-        if not threads_ok:
-            raise ValueError(f"{owner}: strategy='threads' is only available to the gradient meta-learners")
+        if not threads_ok:  # meta_loss and predict: the tasks' graphs or outputs are kept together anyway
+            return "loop"
         obstacle = threads_obstacle(module)
         if obstacle is not None:
             raise ValueError(f"{owner}: strategy='threads' cannot run this model: {obstacle}; use strategy='loop'")
