@@ -141,3 +141,20 @@ def test_maml_meta_gradient_is_the_same_with_and_without_the_lean_pool(monkeypat
         maml.meta_backward(batch)
         grads[on] = torch.cat([p.grad.flatten() for p in maml.parameters()])
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("policy,training", [("transductive", True), ("running", True), ("running", False)])
+def test_task_batch_norm_then_pool_equals_the_two_layers(policy, training):
+    torch.manual_seed(0)
+    norm = qs.models.TaskBatchNorm2d(4, policy=policy).double().train(training)
+    twin = qs.models.TaskBatchNorm2d(4, policy=policy).double().train(training)
+    twin.load_state_dict(norm.state_dict())
+    x = _input(True)
+    ours, theirs = norm.forward_then_max_pool2x2(x), F.max_pool2d(twin(x), 2)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    probe = torch.randn_like(ours)
+    grads = [torch.autograd.grad((y * probe).sum(), [x, *m.parameters()]) for y, m in ((ours, norm), (theirs, twin))]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    if policy == "running":
+        assert torch.equal(norm.running_mean, twin.running_mean) and torch.equal(norm.running_var, twin.running_var)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batchnorm_grad import batch_norm_pool_train, batch_norm_train
-from .lean_pool import fits_choices
+from .lean_pool import fits_choices, lean_max_pool2x2
 
 __all__ = ["BN_POLICIES", "TaskBatchNorm", "TaskBatchNorm2d", "make_norm"]
 
@@ -127,7 +127,10 @@ class TaskBatchNorm(nn.Module):
             running = self.policy == "running"
             return batch_norm_pool_train(x, self.weight, self.bias, self.running_mean if running else None,
                                          self.running_var if running else None, self.momentum, self.eps)
-        return F.max_pool2d(self(x), 2)
+        y = self(x)
+        if y.requires_grad and torch.is_grad_enabled() and fits_choices(y):
+            return lean_max_pool2x2(y)  # e.g. running statistics in eval mode: still no copy of y kept
+        return F.max_pool2d(y, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LEAN_POOL_ON_CPU", "fits_choices", "gather_at_choices", "input_layout", "lean_max_pool2x2", "lean_pool_applies",
-           "max_pool2x2_with_choices", "scatter_to_choices"]
+__all__ = ["LEAN_POOL_ON_CPU", "fits_choices", "gather_at_choices", "input_layout", "lean_max_pool2x2",
+           "lean_pool_applies", "max_pool2x2_with_choices", "scatter_to_choices"]
 
 #: set to False to use torch's max-pool (which keeps its input) in Conv4 everywhere
 LEAN_POOL_ON_CPU = True
