@@ -36,7 +36,7 @@ from ..models.fused_block import backward_once
 from ..models.learner import Learner
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, Predictor
-from .inner_loop import AdaptedPredictor, _all_finite, check_task
+from .inner_loop import AdaptedPredictor, _all_finite, check_task, uncached_autocast
 from .losses import resolve_loss, summarize
 
 __all__ = ["Reptile"]
@@ -98,7 +98,8 @@ class Reptile(MetaLearner):
             opt = torch.optim.Adam(tensors, lr=self.inner_lr, betas=self.betas)
         losses = []
         batches = _mini_batches(len(x), batch_size, steps)
-        with torch.enable_grad():
+        # uncached: autocast would serve phi's first cast to every later step (phi is updated in place)
+        with torch.enable_grad(), uncached_autocast():
             for index in batches:
                 xb, yb = (x, y) if index is None else (x[index.to(x.device)], y[index.to(y.device)])
                 with backward_once():  # each step's graph is backpropagated once: Conv4 may keep less
