@@ -198,3 +198,21 @@ def test_threads_learners_run_meta_loss_and_predict_as_the_loop():
         loss_l, metrics_l = looped.meta_loss(batch)
         assert torch.equal(loss_t, loss_l) and metrics_t == metrics_l
         assert torch.equal(threaded.predict(batch), looped.predict(batch))
+
+
+def test_protonet_auto_runs_meta_backward_on_worker_threads(monkeypatch):
+    """strategy='auto' on a multi-core CPU splits ProtoNet's tasks over worker threads, as it does MAML's."""
+    import quickstudy.algorithms.strategy as strategy
+
+    if (__import__("os").cpu_count() or 1) < 2:
+        pytest.skip("one core: 'auto' runs the loop")
+    calls = []
+    real = strategy._threaded_backward
+    monkeypatch.setattr(strategy, "_threaded_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        LEARNERS["protonet"]("auto").meta_backward(image_batch(B=4))
+    finally:
+        torch.set_num_threads(previous)
+    assert calls == [1]

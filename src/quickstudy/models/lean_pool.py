@@ -90,37 +90,25 @@ class _MaxPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tensor:
-        (indices,) = ctx.saved_tensors
-        return _Scatter.apply(grad_out, indices, ctx.input_shape, ctx.input_layout)
+        (choices,) = ctx.saved_tensors
+        return _ChoiceMap.apply(grad_out, choices, ctx.input_shape, ctx.input_layout, False)
 
 
-class _Scatter(torch.autograd.Function):
-    """``S g``: each output gradient sent to its window's chosen input position."""
-
-    @staticmethod
-    def forward(ctx, grad_out: Tensor, indices: Tensor, input_shape: torch.Size,
-                layout: torch.memory_format) -> Tensor:
-        ctx.save_for_backward(indices)
-        ctx.input_shape, ctx.input_layout = input_shape, layout
-        return scatter_to_choices(grad_out, indices, input_shape, layout)
+class _ChoiceMap(torch.autograd.Function):
+    """``S g`` (each output gradient sent to its window's chosen input position) or, ``transpose``, ``S^T h``
+    (the value of ``h`` at each window's chosen position). Linear: the derivative of one is the other."""
 
     @staticmethod
-    def backward(ctx, grad_grad: Tensor) -> tuple[Tensor | None, ...]:
-        (indices,) = ctx.saved_tensors
-        return _Gather.apply(grad_grad, indices, ctx.input_shape, ctx.input_layout), None, None, None
-
-
-class _Gather(torch.autograd.Function):
-    """``S^T h``: the value of ``h`` at each window's chosen input position."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor, indices: Tensor, input_shape: torch.Size,
-                layout: torch.memory_format) -> Tensor:
-        ctx.save_for_backward(indices)
-        ctx.input_shape, ctx.input_layout = input_shape, layout
-        return gather_at_choices(h, indices, layout)
+    def forward(ctx, v: Tensor, choices: Tensor, input_shape: torch.Size, layout: torch.memory_format,
+                transpose: bool) -> Tensor:
+        ctx.save_for_backward(choices)
+        ctx.input_shape, ctx.input_layout, ctx.transpose = input_shape, layout, transpose
+        if transpose:
+            return gather_at_choices(v, choices, layout)
+        return scatter_to_choices(v, choices, input_shape, layout)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (indices,) = ctx.saved_tensors
-        return _Scatter.apply(grad, indices, ctx.input_shape, ctx.input_layout), None, None, None
+        (choices,) = ctx.saved_tensors
+        return (_ChoiceMap.apply(grad, choices, ctx.input_shape, ctx.input_layout, not ctx.transpose),
+                None, None, None, None)
