@@ -27,64 +27,28 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/sklearn load: one 
 
 import argparse
 import json
-import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from quickstudy._atomic import atomic_write_text  # noqa: E402
+from quickstudy.automl.crossval import cv_folds, score_configuration  # noqa: E402
 from quickstudy.automl.datasets import load_pmlb, pmlb_names, pmlb_root, prepare_classification  # noqa: E402
 from quickstudy.automl.knowledge import DATA_DIR  # noqa: E402
 from quickstudy.automl.metafeatures import extract_metafeatures  # noqa: E402
-from quickstudy.automl.portfolio import PORTFOLIO, make_estimator  # noqa: E402
+from quickstudy.automl.portfolio import PORTFOLIO  # noqa: E402
 
 PARTS = ROOT / "bench" / "out" / "knowledge_base" / "parts"
 MFE_VERSION = 2  # 1: children re-imported pymfe inside the budget (parts with it get their meta-features redone)
 
 
-class _Timeout(Exception):
-    pass
-
-
-def _alarm(signum, frame):  # noqa: ARG001
-    raise _Timeout()
-
-
-def score_configuration(config, X, y, folds, timeout: float) -> tuple[float | None, float, str | None]:
-    """Mean balanced accuracy over the folds, seconds taken and an error/timeout note (score None then)."""
-    import numpy as np
-    from sklearn.metrics import balanced_accuracy_score
-
-    start = time.perf_counter()
-    scores = []
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        for train, test in folds:
-            model = make_estimator(config, n_features=X.shape[1], seed=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model.fit(X[train], y[train])
-                scores.append(balanced_accuracy_score(y[test], model.predict(X[test])))
-    except _Timeout:
-        return None, time.perf_counter() - start, "timeout"
-    except Exception as error:  # noqa: BLE001 - a failing configuration is a missing cell, not a crash
-        return None, time.perf_counter() - start, f"error: {error!r}"[:200]
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    return float(np.mean(scores)), time.perf_counter() - start, None
-
-
 def run_dataset(name: str, root, max_rows: int, fit_timeout: float, mfe_budget: float) -> dict:
-    from sklearn.model_selection import StratifiedKFold
-
     X_full, y_full, _ = load_pmlb(name, root)
     X, y = prepare_classification(X_full, y_full, max_rows=max_rows, min_per_class=3, seed=0)
-    folds = list(StratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(X, y))
+    folds = cv_folds(y)
     results = {}
     for config in PORTFOLIO:
         score, seconds, note = score_configuration(config, X, y, folds, fit_timeout)
@@ -115,8 +79,6 @@ def retry_timeouts(name: str, root, max_rows: int, timeout: float) -> int:
     """Re-score the cells of a finished data set that hit the per-configuration limit, with ``timeout``
     (on a busy shared machine a niced job gets a fraction of a core, so a fixed wall-clock limit cuts
     off slow-but-normal fits). Returns how many cells are still missing."""
-    from sklearn.model_selection import StratifiedKFold
-
     path = PARTS / f"{name}.json"
     part = json.loads(path.read_text())
     cells = [c for c in PORTFOLIO if part["results"][c.name]["note"] == "timeout"]
@@ -124,7 +86,7 @@ def retry_timeouts(name: str, root, max_rows: int, timeout: float) -> int:
         return 0
     X_full, y_full, _ = load_pmlb(name, root)
     X, y = prepare_classification(X_full, y_full, max_rows=max_rows, min_per_class=3, seed=0)
-    folds = list(StratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(X, y))
+    folds = cv_folds(y)
     for config in cells:
         score, seconds, note = score_configuration(config, X, y, folds, timeout)
         part["results"][config.name] = {"score": score, "seconds": round(seconds, 3), "note": note,

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from quickstudy._atomic import atomic_write_text  # noqa: E402
-from quickstudy.automl.evaluate import format_table, leave_one_out, plot_results  # noqa: E402
+from quickstudy.automl.evaluate import format_head_to_head, format_table, leave_one_out, plot_results  # noqa: E402
 from quickstudy.automl.knowledge import load_knowledge_base  # noqa: E402
 from quickstudy.automl.recommend import RECOMMENDERS  # noqa: E402
 
@@ -42,11 +42,12 @@ def resummarize(path: Path, out: Path) -> int:
     per = payload["per_dataset"]
     names = list(per)
     budgets = payload["summary"]["budgets"]
-    methods = [m for m in per[names[0]] if m != "oracle"]
+    methods = [m for m in per[names[0]] if m not in ("oracle", "worst")]
     best = {m: np.array([per[d][m] for d in names]) for m in methods}
     oracle = np.array([per[d]["oracle"] for d in names])
-    payload["summary"] = summarize(best, oracle, budgets)
-    table = format_table(payload["summary"])
+    worst = np.array([per[d]["worst"] for d in names]) if "worst" in per[names[0]] else None
+    payload["summary"] = summarize(best, oracle, budgets, worst=worst)
+    table = format_table(payload["summary"]) + "\n\n" + format_head_to_head(payload["summary"])
     print(table)
     atomic_write_text(out / "warm_start.json", json.dumps(payload, indent=1) + "\n")
     atomic_write_text(out / "warm_start.md", table + "\n")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = leave_one_out(kb, {n: RECOMMENDERS[n] for n in names}, budgets=budgets)
     seconds = time.perf_counter() - start
-    table = format_table(result.summary)
+    table = format_table(result.summary) + "\n\n" + format_head_to_head(result.summary)
     print(f"{len(kb.datasets)} data sets x {len(kb.configurations)} configurations, leave-one-data-set-out "
           f"({seconds:.0f} s)\n")
     print(table)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python bench/warm_start.py " + " ".join(argv or sys.argv[1:]),
         "n_datasets": len(kb.datasets), "n_configurations": len(kb.configurations), "seconds": round(seconds, 1),
         "summary": result.summary,
-        "per_dataset": {d: {"oracle": float(result.oracle[i]),
+        "per_dataset": {d: {"oracle": float(result.oracle[i]), "worst": float(result.worst[i]),
                             **{m: [float(v) for v in result.best[m][i]] for m in result.best}}
                         for i, d in enumerate(result.datasets)},
     }

@@ -76,3 +76,20 @@ def test_missing_automl_extra_gives_an_install_hint(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
     assert main(["search", "configs/search/protonet-glyphs.yaml", "--trials", "1"]) == 2
     assert "pip install 'quickstudy[automl]'" in capsys.readouterr().err
+
+
+@needs_kb
+def test_recommend_evaluate_runs_a_warm_started_search(small_csv, capsys):
+    assert main(["recommend", str(small_csv), "--target", "species", "--evaluate", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    search = out["search"]
+    trials = search["trials"]
+    assert [t["step"] for t in trials] == [1, 2, 3] and search["rows_used"] == 60
+    assert len({t["configuration"] for t in trials}) == 3
+    # before any score is seen the search evaluates the head of its recommended list
+    assert trials[0]["configuration"] == out["recommendations"][0]["configuration"]
+    assert all(0.0 <= t["balanced_accuracy"] <= 1.0 for t in trials)
+    assert search["best"]["balanced_accuracy"] == max(t["balanced_accuracy"] for t in trials)
+    assert main(["recommend", str(small_csv), "--target", "species", "--evaluate", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "warm-started search, 2 evaluations" in text and "best found:" in text

@@ -52,7 +52,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     from .advise import recommend_for_file
 
     result = recommend_for_file(args.data, target=args.target, top=args.top, method=args.method,
-                                time_budget=args.mfe_budget, knowledge_base=args.knowledge_base, sep=args.sep)
+                                time_budget=args.mfe_budget, knowledge_base=args.knowledge_base, sep=args.sep,
+                                evaluate=args.evaluate, progress=not args.json)
     if args.json:
         _print_json(result)
         return 0
@@ -85,15 +86,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     recommend = sub.add_parser(
         "recommend", help="meta-features of a tabular data set and the configurations to try first",
         description="Computes pymfe meta-features of DATA (CSV/TSV, one row per example) and ranks the "
-                    "scikit-learn portfolio by the knowledge base built on 131 PMLB data sets (k nearest "
-                    "data sets or the learned surrogate); prints the top-k with predicted balanced accuracy.")
+                    "scikit-learn portfolio by the knowledge base built on 131 PMLB data sets; prints the top-k "
+                    "with predicted balanced accuracy. With --evaluate N it also searches: it cross-validates N "
+                    "configurations on DATA, each chosen from the scores of the ones before.")
     recommend.add_argument("data", help="CSV (or .tsv / .gz) file with a header row")
     recommend.add_argument("--target", required=True, help="name of the label column")
     recommend.add_argument("--top", type=int, default=5, help="how many configurations to list (default 5)")
-    recommend.add_argument("--method", default="knn-portfolio",
-                           choices=["knn-mean", "knn-best", "knn-portfolio", "surrogate", "regret-portfolio",
-                                    "best-default", "static-portfolio"],
-                           help="recommender (default knn-portfolio; see docs/automl.md)")
+    recommend.add_argument("--method", default="scenario-search",
+                           choices=["scenario-search", "regret-portfolio", "knn-mean", "knn-best", "knn-portfolio",
+                                    "surrogate", "best-default", "static-portfolio"],
+                           help="recommender (default scenario-search: the regret-portfolio list, and with "
+                                "--evaluate a search that adapts to the scores it sees; see docs/automl.md)")
+    recommend.add_argument("--evaluate", type=int, default=0, metavar="N",
+                           help="also run a warm-started search: score N configurations on DATA by 3-fold CV "
+                                "(balanced accuracy) and report the best (default 0: only recommend)")
     recommend.add_argument("--mfe-budget", type=float, default=15.0, metavar="SEC",
                            help="time budget for the meta-features (default 15 s)")
     recommend.add_argument("--knowledge-base", default=None, metavar="DIR",

@@ -31,7 +31,7 @@ import numpy as np
 from .knowledge import KnowledgeBase
 
 __all__ = ["expected_random_best", "best_so_far", "mean_ci", "WarmStartResult", "summarize", "leave_one_out",
-           "format_table", "plot_results", "DEFAULT_BUDGETS"]
+           "format_table", "format_head_to_head", "plot_results", "DEFAULT_BUDGETS"]
 
 DEFAULT_BUDGETS: tuple[int, ...] = (1, 3, 5, 10)
 
@@ -73,34 +73,58 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
 
 @dataclass
 class WarmStartResult:
-    """``best[method]``: [data sets, budgets] best score found; ``oracle``: [data sets] best of the portfolio."""
+    """``best[method]``: [data sets, budgets] best score found; ``oracle`` and ``worst``: [data sets] best and
+    worst score of the portfolio."""
 
     datasets: list[str]
     budgets: list[int]
     oracle: np.ndarray
     best: dict[str, np.ndarray]
     summary: dict = field(default_factory=dict)
+    worst: np.ndarray | None = None
+
+
+def _ranks(found: np.ndarray) -> np.ndarray:
+    """Per row, rank of each column (1 = highest, ties averaged), on scores rounded so that a float-level
+    difference between equal configurations is not a win."""
+    from scipy.stats import rankdata
+
+    return rankdata(-np.round(found, 10), axis=1)
 
 
 def summarize(best: dict[str, np.ndarray], oracle: np.ndarray, budgets,
-              baselines: tuple[str, ...] = ("random", "best-default")) -> dict:
+              baselines: tuple[str, ...] = ("random", "best-default"), worst: np.ndarray | None = None) -> dict:
     """Regret and rank (mean, 95% CI half-width) per method and budget, and paired comparisons with each
     of ``baselines`` present: mean regret difference (method - baseline) with its 95% CI and the
-    Wilcoxon signed-rank p-value."""
-    from scipy.stats import rankdata, wilcoxon
+    Wilcoxon signed-rank p-value.
+
+    With ``worst`` (each data set's worst portfolio score) also the *normalised* regret
+    ``(oracle - found) / (oracle - worst)`` in [0, 1] (a data set where the portfolio spans 80 points
+    weighs no more than one where it spans 5; the "distance to maximum" of Wistuba et al. 2016). When
+    every baseline is present, each other method also gets ``head_to_head``: its rank among itself and
+    the baselines alone (and theirs), so that adding a method to the table does not move it."""
+    from scipy.stats import wilcoxon
 
     methods = list(best)
     oracle = np.asarray(oracle, dtype=float)
+    span = None
+    if worst is not None:
+        span = oracle - np.asarray(worst, dtype=float)
+        span = np.where(span > 0, span, 1.0)  # all configurations equal: every regret is 0 anyway
     out: dict = {"methods": methods, "budgets": list(budgets), "n_datasets": int(len(oracle)), "by_budget": {}}
     for j, n in enumerate(budgets):
         found = np.stack([best[m][:, j] for m in methods], axis=1)  # [datasets, methods]
-        # ranks on rounded scores: a float-level difference between equal configurations is not a win
-        ranks = rankdata(-np.round(found, 10), axis=1)
+        ranks = _ranks(found)
         row = {}
         for k, m in enumerate(methods):
             regret = oracle - found[:, k]
             entry = {"regret": mean_ci(regret), "rank": mean_ci(ranks[:, k]), "score": mean_ci(found[:, k]),
                      "vs": {}}
+            if span is not None:
+                entry["normalized_regret"] = mean_ci(regret / span)
+            if m not in baselines and all(b in best for b in baselines):
+                trio = _ranks(np.stack([found[:, k]] + [best[b][:, j] for b in baselines], axis=1))
+                entry["head_to_head"] = {name: mean_ci(trio[:, i]) for i, name in enumerate((m,) + tuple(baselines))}
             for baseline in baselines:
                 if m == baseline or baseline not in best:
                     continue
@@ -130,11 +154,13 @@ def leave_one_out(kb: KnowledgeBase, recommenders: dict, budgets=DEFAULT_BUDGETS
     for d in tqdm(range(n_d), desc="leave-one-out", disable=not progress):
         train = kb.subset([i for i in range(n_d) if i != d])
         for name, factory in recommenders.items():
-            order = [c for c, _ in factory().fit(train).rank(kb.metafeatures[d])]
+            # a search step is a look-up in the held-out row; sequential searches see the scores they asked for
+            evaluated = factory().fit(train).run(kb.metafeatures[d], lambda c, row=scores[d]: row[c], max(budgets))
+            order = [c for c, _ in evaluated]
             best[name][d] = [best_so_far(scores[d], order, n) for n in budgets]
     oracle = scores.max(1)
-    result = WarmStartResult(list(kb.datasets), budgets, oracle, best)
-    result.summary = summarize(best, oracle, budgets)
+    result = WarmStartResult(list(kb.datasets), budgets, oracle, best, worst=scores.min(1))
+    result.summary = summarize(best, oracle, budgets, worst=result.worst)
     return result
 
 
@@ -158,8 +184,40 @@ def format_table(summary: dict, scale: float = 100.0) -> str:
     return "\n".join(lines)
 
 
+def _separated(lower_is_better: tuple[float, float], other: tuple[float, float]) -> bool:
+    """True when the first CI lies wholly below the second (no overlap)."""
+    return lower_is_better[0] + lower_is_better[1] < other[0] - other[1]
+
+
+def format_head_to_head(summary: dict, baselines: tuple[str, ...] = ("random", "best-default")) -> str:
+    """Markdown table: each warm-start method against the baselines alone -- rank among the three and
+    normalised regret, each ± 95% CI; ``yes`` where the method's CI lies wholly below both baselines'."""
+    lines = [f"| evaluations | method | rank: method | {' | '.join('rank: ' + b for b in baselines)} | separate? "
+             f"| normalised regret: method | {' | '.join(baselines)} | separate? |",
+             "|---:|---|" + "---:|" * (2 * len(baselines) + 2) + "---|---|"]
+    for n, row in summary["by_budget"].items():
+        for m, e in row.items():
+            if "head_to_head" not in e:
+                continue
+            h = e["head_to_head"]
+            rank_cells = " | ".join(f"{h[b][0]:.2f} ± {h[b][1]:.2f}" for b in baselines)
+            rank_sep = all(_separated(h[m], h[b]) for b in baselines)
+            cells = [f"| {n} | {m} | {h[m][0]:.2f} ± {h[m][1]:.2f} | {rank_cells} | {'yes' if rank_sep else 'no'}"]
+            if "normalized_regret" in e:
+                nr = {b: row[b]["normalized_regret"] for b in baselines}
+                norm_sep = all(_separated(e["normalized_regret"], nr[b]) for b in baselines)
+                cells.append(f"{e['normalized_regret'][0]:.3f} ± {e['normalized_regret'][1]:.3f} | "
+                             + " | ".join(f"{nr[b][0]:.3f} ± {nr[b][1]:.3f}" for b in baselines)
+                             + f" | {'yes' if norm_sep else 'no'} |")
+            else:
+                cells.append(" | ".join(["-"] * (len(baselines) + 2)) + " |")
+            lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
 def plot_results(summary: dict, path, scale: float = 100.0):
-    """Two panels (regret, average rank) against the number of evaluations, 95% CI error bars."""
+    """Panels against the number of evaluations, 95% CI error bars: regret, normalised regret (when the
+    summary has it) and average rank."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,21 +226,26 @@ def plot_results(summary: dict, path, scale: float = 100.0):
     from .._atomic import atomic_write
 
     budgets = [int(b) for b in summary["by_budget"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    first = summary["by_budget"][str(budgets[0])][summary["methods"][0]]
+    panels = [("regret", scale, "regret (balanced accuracy points)",
+               f"Regret, mean ± 95% CI over {summary['n_datasets']} data sets")]
+    if "normalized_regret" in first:
+        panels.append(("normalized_regret", 1.0, "regret / (best - worst of the portfolio)",
+                       "Normalised regret ± 95% CI"))
+    panels.append(("rank", 1.0, "average rank (1 = best)", "Average rank ± 95% CI"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for i, m in enumerate(summary["methods"]):
-        for ax, key, s in ((axes[0], "regret", scale), (axes[1], "rank", 1.0)):
+        offset = (i - (len(summary["methods"]) - 1) / 2) * 0.06
+        for ax, (key, s, _, _) in zip(axes, panels):
             mean = [summary["by_budget"][str(b)][m][key][0] * s for b in budgets]
             half = [summary["by_budget"][str(b)][m][key][1] * s for b in budgets]
-            offset = (i - (len(summary["methods"]) - 1) / 2) * 0.08
             ax.errorbar([b * (1 + offset) for b in budgets], mean, yerr=half, marker="o", capsize=3, label=m)
-    axes[0].set(xscale="log", xlabel="evaluations", ylabel="regret (balanced accuracy points)",
-                title=f"Regret, mean ± 95% CI over {summary['n_datasets']} data sets")
-    axes[1].set(xscale="log", xlabel="evaluations", ylabel="average rank (1 = best)", title="Average rank ± 95% CI")
-    for ax in axes:
+    for ax, (_, _, ylabel, title) in zip(axes, panels):
+        ax.set(xscale="log", xlabel="evaluations", ylabel=ylabel, title=title)
         ax.set_xticks(budgets)
         ax.set_xticklabels([str(b) for b in budgets])
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     with atomic_write(path) as handle:
         fig.savefig(handle, format="png", dpi=120)

@@ -155,6 +155,13 @@ class _Base:
     def rank(self, meta: np.ndarray) -> list[tuple[int, float]]:
         raise NotImplementedError
 
+    def run(self, meta: np.ndarray, evaluate, budget: int) -> list[tuple[int, float]]:
+        """A static warm start as a search: evaluate the first ``budget`` configurations of :meth:`rank`
+        (``evaluate(index) -> score``); ``[(index, score)]`` in evaluation order."""
+        if budget < 1:
+            raise ValueError(f"budget must be at least 1, got {budget}")
+        return [(c, float(evaluate(c))) for c, _ in self.rank(meta)[:budget]]
+
 
 class KNNRecommender(_Base):
     """k nearest data sets on scaled meta-features (see the module docstring for ``mode``)."""
@@ -291,6 +298,15 @@ RECOMMENDERS = {"knn-mean": lambda: KNNRecommender(mode="mean"), "knn-best": lam
                 "knn-portfolio": lambda: KNNRecommender(mode="portfolio"), "surrogate": SurrogateRecommender,
                 "regret-portfolio": RegretPortfolioRecommender, "best-default": AverageRankRecommender,
                 "static-portfolio": StaticPortfolioRecommender}
+
+
+def _scenario_search():
+    from .warm_search import ScenarioSearch  # it builds on this module
+
+    return ScenarioSearch()
+
+
+RECOMMENDERS["scenario-search"] = _scenario_search
 
 
 def make_recommender(name: str):
