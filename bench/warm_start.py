@@ -27,9 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from quickstudy._atomic import atomic_write_text  # noqa: E402
-from quickstudy.automl.evaluate import format_head_to_head, format_table, leave_one_out, plot_results  # noqa: E402
+from quickstudy.automl.evaluate import (format_head_to_head, format_table, leave_one_out, plot_head_to_head,  # noqa: E402
+                                        plot_results)
 from quickstudy.automl.knowledge import load_knowledge_base  # noqa: E402
 from quickstudy.automl.recommend import RECOMMENDERS  # noqa: E402
+
+
+GOAL_METHOD = "scenario-search"  # the recommender `quickstudy recommend` uses by default
+
+
+def plot_goal(summary: dict, out: Path) -> None:
+    """warm_start_goal.png: the default recommender against random search and the best default alone."""
+    first = summary["by_budget"][str(summary["budgets"][0])]
+    if "head_to_head" in first.get(GOAL_METHOD, {}):
+        plot_head_to_head(summary, GOAL_METHOD, out / "warm_start_goal.png")
 
 
 def resummarize(path: Path, out: Path) -> int:
@@ -52,6 +63,7 @@ def resummarize(path: Path, out: Path) -> int:
     atomic_write_text(out / "warm_start.json", json.dumps(payload, indent=1) + "\n")
     atomic_write_text(out / "warm_start.md", table + "\n")
     plot_results(payload["summary"], out / "warm_start.png")
+    plot_goal(payload["summary"], out)
     return 0
 
 
@@ -92,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "warm_start.json", json.dumps(payload, indent=1) + "\n")
     atomic_write_text(out / "warm_start.md", table + "\n")
     plot_results(result.summary, out / "warm_start.png")
-    print(f"\nwrote {out / 'warm_start.json'}, warm_start.md and warm_start.png", file=sys.stderr)
+    plot_goal(result.summary, out)
+    print(f"\nwrote {out / 'warm_start.json'}, warm_start.md, warm_start.png and warm_start_goal.png", file=sys.stderr)
     return 0
 
 

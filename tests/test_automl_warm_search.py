@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from quickstudy.automl.evaluate import format_head_to_head, leave_one_out, summarize
+from quickstudy.automl.evaluate import format_head_to_head, leave_one_out, plot_head_to_head, summarize
 from quickstudy.automl.knowledge import DATA_DIR, KnowledgeBase
 from quickstudy.automl.recommend import AverageRankRecommender, greedy_best_of_n, make_recommender
 from quickstudy.automl.warm_search import ScenarioSearch, run_search_order
@@ -126,6 +126,18 @@ def test_normalized_regret_and_head_to_head_by_hand():
     assert "head_to_head" not in row["random"]
     table = format_head_to_head(summarize(best, oracle, [1], worst=worst))
     assert "| 1 | warm | 1.25 ±" in table and "| 1 | other |" in table
+
+
+def test_head_to_head_plot(tmp_path):
+    oracle, worst = np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.0, 0.1])
+    best = {"warm": np.array([[0.9, 0.9], [0.6, 0.8], [0.6, 0.7]]),
+            "random": np.array([[0.7, 0.8], [0.6, 0.7], [0.3, 0.5]]),
+            "best-default": np.array([[0.8, 0.8], [0.4, 0.8], [0.5, 0.6]])}
+    summary = summarize(best, oracle, [1, 3], worst=worst)
+    path = plot_head_to_head(summary, "warm", tmp_path / "goal.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="head-to-head"):
+        plot_head_to_head(summary, "random", tmp_path / "no.png")
 
 
 needs_kb = pytest.mark.skipif(not (DATA_DIR / "scores.csv").is_file(), reason="no knowledge base")

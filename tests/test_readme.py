@@ -33,3 +33,17 @@ def test_readme_meta_rl_example_runs():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert set(namespace["fast"]) == set(namespace["learner"].params())  # adapted weights, one set per name
+
+
+def test_readme_warm_start_example_runs():
+    import pytest
+
+    pytest.importorskip("sklearn")
+    pytest.importorskip("pymfe")
+    text = README.read_text()
+    code = re.search(r"## External meta-learning.*?```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    search = namespace["result"]["search"]
+    assert len(search["trials"]) == 5 and len({t["configuration"] for t in search["trials"]}) == 5
+    assert search["best"]["balanced_accuracy"] == max(t["balanced_accuracy"] for t in search["trials"])

@@ -31,7 +31,7 @@ import numpy as np
 from .knowledge import KnowledgeBase
 
 __all__ = ["expected_random_best", "best_so_far", "mean_ci", "WarmStartResult", "summarize", "leave_one_out",
-           "format_table", "format_head_to_head", "plot_results", "DEFAULT_BUDGETS"]
+           "format_table", "format_head_to_head", "plot_results", "plot_head_to_head", "DEFAULT_BUDGETS"]
 
 DEFAULT_BUDGETS: tuple[int, ...] = (1, 3, 5, 10)
 
@@ -246,6 +246,48 @@ def plot_results(summary: dict, path, scale: float = 100.0):
         ax.set_xticklabels([str(b) for b in budgets])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_head_to_head(summary: dict, method: str, path, baselines: tuple[str, ...] = ("random", "best-default"),
+                      scale: float = 100.0):
+    """The goal's view: ``method`` against the baselines alone -- rank among the three, regret and
+    normalised regret, each mean ± 95% CI against the number of evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .._atomic import atomic_write
+
+    budgets = [int(b) for b in summary["by_budget"]]
+    rows = [summary["by_budget"][str(b)] for b in budgets]
+    if "head_to_head" not in rows[0].get(method, {}):
+        raise ValueError(f"the summary has no head-to-head ranks for {method!r}")
+    names = (method,) + tuple(baselines)
+    panels = [("rank among the three (1 = best)", lambda r, m: r[method]["head_to_head"][m], 1.0),
+              ("regret (balanced accuracy points)", lambda r, m: r[m]["regret"], scale)]
+    if "normalized_regret" in rows[0][method]:
+        panels.append(("normalised regret", lambda r, m: r[m]["normalized_regret"], 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8))
+    for i, m in enumerate(names):
+        offset = (i - 1) * 0.05
+        for ax, (_, get, s) in zip(axes, panels):
+            mean = [get(r, m)[0] * s for r in rows]
+            half = [get(r, m)[1] * s for r in rows]
+            ax.errorbar([b * (1 + offset) for b in budgets], mean, yerr=half, marker="o", capsize=3, label=m)
+    for ax, (ylabel, _, _) in zip(axes, panels):
+        ax.set(xscale="log", xlabel="evaluations", ylabel=ylabel)
+        ax.set_xticks(budgets)
+        ax.set_xticklabels([str(b) for b in budgets])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{method} against random search and the best default: mean ± 95% CI over "
+                 f"{summary['n_datasets']} data sets")
     fig.tight_layout()
     with atomic_write(path) as handle:
         fig.savefig(handle, format="png", dpi=120)

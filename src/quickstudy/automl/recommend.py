@@ -37,6 +37,11 @@ column is scaled to [0, 1] over the training data sets.
   features per split), not tuned on the leave-one-out results.
 * :class:`AverageRankRecommender`: the same order for every data set, by average rank over the
   training data sets; its first entry is the *single best default* configuration.
+
+``"scenario-search"`` in :data:`RECOMMENDERS` is :class:`quickstudy.automl.warm_search.ScenarioSearch`:
+the regret-portfolio prior used as a sequential search that re-weights its scenarios by the scores it
+observes. Every recommender has ``run(meta, evaluate, budget)``; for the static ones it evaluates the
+first ``budget`` entries of :meth:`rank`.
 """
 
 from __future__ import annotations
