@@ -65,6 +65,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the external meta-learning subcommands on the main parser."""
+    from .recommend import RECOMMENDERS  # numpy only: the recommenders import scikit-learn when fit
     search = sub.add_parser(
         "search", help="search algorithms and hyperparameters of a meta-learner (Optuna TPE + pruning)",
         description="Samples the config's search: section with Optuna TPE, meta-trains each trial and scores it "
@@ -93,8 +94,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     recommend.add_argument("--target", required=True, help="name of the label column")
     recommend.add_argument("--top", type=int, default=5, help="how many configurations to list (default 5)")
     recommend.add_argument("--method", default="scenario-search",
-                           choices=["scenario-search", "regret-portfolio", "knn-mean", "knn-best", "knn-portfolio",
-                                    "surrogate", "best-default", "static-portfolio"],
+                           choices=sorted(RECOMMENDERS),
                            help="recommender (default scenario-search: the regret-portfolio list, and with "
                                 "--evaluate a search that adapts to the scores it sees; see docs/automl.md)")
     recommend.add_argument("--evaluate", type=int, default=0, metavar="N",
