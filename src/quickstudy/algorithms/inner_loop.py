@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..models._checks import check_bool, check_choice, check_int, check_number
+from .._validation import check_bool, check_choice, check_int, check_number
 from ..models.fused_block import backward_once as backward_once_context
 from ..models.learner import Learner
 from ..tasks.batch import TaskBatch

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models._checks import check_choice
+from .._validation import check_choice
 from ..models.fused_block import backward_once as backward_once_context
 from ..models.learner import Learner
 from ..tasks.batch import TaskBatch

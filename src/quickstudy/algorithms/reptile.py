@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..models._checks import check_choice, check_int, check_number
+from .._validation import check_choice, check_int, check_number
 from ..models.fused_block import backward_once
 from ..models.learner import Learner
 from ..tasks.batch import TaskBatch

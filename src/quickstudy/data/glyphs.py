@@ -42,6 +42,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, features
 import PIL
 
+from .._validation import check_int
 from .base import FewShotDataset
 from .paths import atomic_save_npz, cache_dir, load_npz
 
@@ -425,12 +426,6 @@ def _load(seed: int, image_size: int, examples_per_class: int) -> tuple[np.ndarr
     return images, codes, blocks
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Glyphs: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 # ---------------------------------------------------------------------------------------- dataset
 
 
@@ -451,9 +446,9 @@ class Glyphs(FewShotDataset):
     def __init__(self, split: str = "train", seed: int = 0, image_size: int = 28, examples_per_class: int = 20):
         if split not in _SPLITS:
             raise ValueError(f"Glyphs: split must be one of {_SPLITS}, got {split!r}")
-        seed = _check_int("seed", seed, 0)
-        image_size = _check_int("image_size", image_size, 8)
-        examples_per_class = _check_int("examples_per_class", examples_per_class, 1)
+        seed = check_int("Glyphs", "seed", seed, 0)
+        image_size = check_int("Glyphs", "image_size", image_size, 8)
+        examples_per_class = check_int("Glyphs", "examples_per_class", examples_per_class)
         images, codes, blocks = _load(seed, image_size, examples_per_class)
         wanted = {"trainval": ("train", "val"), "all": ("train", "val", "test")}.get(split, (split,))
         keep = np.array([_BLOCKS[b][3] in wanted for b in blocks], dtype=bool)

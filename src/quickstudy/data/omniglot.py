@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._validation import check_int
 from .base import FewShotDataset
 from .paths import atomic_save_npz, cache_dir, download_file, load_npz, search_dirs
 
@@ -219,12 +220,6 @@ def vinyals_classes(split: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 # ----------------------------------------------------------------------------------------- dataset
 
 
@@ -253,7 +248,7 @@ class Omniglot(FewShotDataset):
         if split not in _SPLITS[protocol]:
             raise ValueError(f"Omniglot: split must be one of {_SPLITS[protocol]} for protocol "
                              f"{protocol!r}, got {split!r}")
-        image_size = _check_int("Omniglot: image_size", image_size)
+        image_size = check_int("Omniglot", "image_size", image_size)
         if protocol == "lake":
             split = _LAKE_ALIASES.get(split, split)
         needed = (["images_background.zip"] if split == "background" else

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_bool, check_int
+from .._validation import check_bool, check_int
 from .batchnorm import TaskBatchNorm, _under_functorch, check_bn_policy, make_norm
 from .fused_block import bn_pool_relu, fused_tail_applies
 from .gemm_conv import conv2d_as_gemm, gemm_conv_applies

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ._checks import check_int, check_int_sequence
+from .._validation import check_int, check_int_sequence
 
 __all__ = ["MLP"]
 

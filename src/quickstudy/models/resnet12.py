@@ -13,7 +13,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ._checks import check_int, check_int_sequence
+from .._validation import check_int, check_int_sequence
 from .batchnorm import check_bn_policy, make_norm
 
 __all__ = ["ResNet12"]

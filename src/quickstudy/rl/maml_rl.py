@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..algorithms.inner_loop import inner_gradients, sgd_step
-from ..models._checks import check_bool, check_choice, check_int, check_number
+from .._validation import check_bool, check_choice, check_int, check_number
 from .policies import policy_outputs, stack_params
 from .rollout import Episodes
 from .trpo import backtracking_line_search, conjugate_gradient, flatten, unflatten

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..models._checks import check_choice, check_int, check_int_sequence, check_number
+from .._validation import check_choice, check_int, check_int_sequence, check_number
 
 __all__ = ["GaussianMLPPolicy", "CategoricalMLPPolicy", "policy_outputs", "stack_params", "task_params"]
 

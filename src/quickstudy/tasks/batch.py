@@ -26,6 +26,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .._validation import check_int
+
 __all__ = ["TaskBatch", "Task"]
 
 
@@ -100,7 +102,7 @@ class TaskBatch:
                     f"got support_y {tuple(sy.shape)}, query_y {tuple(qy.shape)}"
                 )
             if self.ways is not None:
-                _check_positive_int("ways", self.ways)
+                check_int("TaskBatch", "ways", self.ways)
                 for name, labels in (("support_y", sy), ("query_y", qy)):
                     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.ways):
                         raise ValueError(
@@ -110,7 +112,7 @@ class TaskBatch:
         elif not sy.is_floating_point():
             raise ValueError(f"TaskBatch labels must be int64 (classification) or floating (regression); got {sy.dtype}")
         if self.shots is not None:
-            _check_positive_int("shots", self.shots)
+            check_int("TaskBatch", "shots", self.shots)
         if self.classes is not None and tuple(self.classes.shape[:1]) != (batch_size,):
             raise ValueError(f"TaskBatch.classes has shape {tuple(self.classes.shape)}: expected [B={batch_size}, N]")
         if self.episode_ids is not None and tuple(self.episode_ids.shape) != (batch_size,):
@@ -169,7 +171,3 @@ class TaskBatch:
                  if f.name in ("support_x", "support_y", "query_x", "query_y")]
         return f"TaskBatch(B={self.batch_size}, ways={self.ways}, shots={self.shots}, " + ", ".join(parts) + ")"
 
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._atomic import atomic_write
+from .._validation import check_int, check_int_range
 from .batch import TaskBatch
 
 __all__ = ["EpisodeSampler", "EpisodeIndices", "FixedEpisodes", "IndexedTasks", "batch_generator"]
@@ -47,27 +48,6 @@ class EpisodeIndices:
     @property
     def queries(self) -> int:
         return self.examples.shape[2] - self.shots
-
-
-def _check_count(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-
-
-def _as_range(name: str, value: IntOrRange, minimum: int) -> tuple[int, int]:
-    """``5`` -> (5, 5); ``(3, 7)`` -> (3, 7), inclusive; validated."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an integer or a (low, high) pair, got {value!r}")
-        low, high = value
-        _check_count(f"{name}[0]", low, minimum)
-        _check_count(f"{name}[1]", high, minimum)
-        if low > high:
-            raise ValueError(f"{name} range must have low <= high, got {value!r}")
-        return int(low), int(high)
-    _check_count(name, value, minimum)
-    return int(value), int(value)
 
 
 class IndexedTasks:
@@ -123,12 +103,12 @@ class EpisodeSampler(IndexedTasks):
     def __init__(self, dataset, ways: IntOrRange = 5, shots: IntOrRange = 1, queries: int = 15,
                  batch_size: int = 1, seed: int = 0, num_batches: int | None = None):
         self.dataset = dataset
-        self.ways_range = _as_range("ways", ways, 1)
-        self.shots_range = _as_range("shots", shots, 1)
-        _check_count("queries", queries, 1)
-        _check_count("batch_size", batch_size, 1)
+        self.ways_range = check_int_range("EpisodeSampler", "ways", ways)
+        self.shots_range = check_int_range("EpisodeSampler", "shots", shots)
+        check_int("EpisodeSampler", "queries", queries)
+        check_int("EpisodeSampler", "batch_size", batch_size)
         if num_batches is not None:
-            _check_count("num_batches", num_batches, 1)
+            check_int(type(self).__name__, "num_batches", num_batches)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self.queries, self.batch_size, self.seed, self.num_batches = int(queries), int(batch_size), int(seed), num_batches
@@ -198,7 +178,7 @@ class EpisodeSampler(IndexedTasks):
 
     def fixed(self, num_batches: int, start: int = 0) -> "FixedEpisodes":
         """Batches ``start .. start+num_batches-1`` frozen as indices (save them with ``.save``)."""
-        _check_count("num_batches", num_batches, 1)
+        check_int(type(self).__name__, "num_batches", num_batches)
         return FixedEpisodes(self.dataset, [self.sample_indices(start + i) for i in range(num_batches)],
                              batch_size=self.batch_size)
 

@@ -10,7 +10,8 @@ import math
 import torch
 
 from .batch import TaskBatch
-from .sampler import IndexedTasks, _check_count, batch_generator
+from .._validation import check_int
+from .sampler import IndexedTasks, batch_generator
 
 __all__ = ["Sinusoid"]
 
@@ -26,9 +27,9 @@ class Sinusoid(IndexedTasks):
     def __init__(self, shots: int = 10, queries: int = 10, batch_size: int = 25, seed: int = 0,
                  amplitude: tuple[float, float] = (0.1, 5.0), phase: tuple[float, float] = (0.0, math.pi),
                  x_range: tuple[float, float] = (-5.0, 5.0), num_batches: int | None = None):
-        _check_count("shots", shots, 1)
-        _check_count("queries", queries, 1)
-        _check_count("batch_size", batch_size, 1)
+        check_int("Sinusoid", "shots", shots)
+        check_int("Sinusoid", "queries", queries)
+        check_int("Sinusoid", "batch_size", batch_size)
         for name, (low, high) in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
             if not low <= high:
                 raise ValueError(f"{name} must be a (low, high) pair with low <= high, got {(low, high)!r}")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import check_int
 from ..tasks.batch import TaskBatch
 from .metrics import confusion_matrix, macro_prf_from_confusion, mean_ci95
 
@@ -105,13 +106,6 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _check_positive(name: str, value: object, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
-
-
 def _length(tasks) -> int | None:
     """Number of batches of a finite task source, ``None`` for an infinite one."""
     try:
@@ -131,8 +125,8 @@ def _learner_device(learner: nn.Module) -> torch.device:
 def iterate_tasks(tasks, episodes: int, batch_size: int | None = None) -> Iterator[TaskBatch]:
     """``tasks[0], tasks[1], ...`` cut so that exactly ``episodes`` tasks come out, in chunks of at
     most ``batch_size`` tasks (``None``: as the source batches them)."""
-    _check_positive("episodes", episodes)
-    _check_positive("batch_size", batch_size, allow_none=True)
+    check_int("evaluate", "episodes", episodes)
+    check_int("evaluate", "batch_size", batch_size, allow_none=True)
     available = _length(tasks)
     seen, index = 0, 0
     while seen < episodes:

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_int, check_number
 from ..tasks.batch import TaskBatch
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -165,22 +166,6 @@ class _Window:
     def load(self, state: dict[str, Any]) -> None:
         self.count, self.tasks = int(state["count"]), int(state["tasks"])
         self.seconds, self.sums = float(state["seconds"]), {k: float(v) for k, v in state["sums"].items()}
-
-
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"Trainer: {name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
-    return int(value)
-
-
-def _positive_float(name: str, value: Any, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"Trainer: {name} must be a positive finite number{' or None' if allow_none else ''}, got {value!r}")
-    return float(value)
 
 
 def _plain(value: Any) -> bool:
@@ -316,16 +301,16 @@ class Trainer:
             raise TypeError(f"Trainer: train_tasks must support train_tasks[i] -> TaskBatch, got {type(train_tasks).__name__}")
         if val_tasks is not None and not hasattr(val_tasks, "__getitem__"):
             raise TypeError(f"Trainer: val_tasks must support val_tasks[i] -> TaskBatch, got {type(val_tasks).__name__}")
-        self.steps = _positive_int("steps", steps)
+        self.steps = check_int("Trainer", "steps", steps)
         available = _length(train_tasks)
         if available is not None and available < self.steps:
             raise ValueError(f"Trainer: train_tasks holds {available} batches but steps={self.steps} needs one per step")
-        self.lr = _positive_float("lr", lr)
-        self.grad_clip = _positive_float("grad_clip", grad_clip, allow_none=True)
-        self.val_every = _positive_int("val_every", val_every, allow_none=True)
-        self.val_episodes = _positive_int("val_episodes", val_episodes)
-        self.log_every = _positive_int("log_every", log_every)
-        self.checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+        self.lr = check_number("Trainer", "lr", lr)
+        self.grad_clip = check_number("Trainer", "grad_clip", grad_clip, allow_none=True)
+        self.val_every = check_int("Trainer", "val_every", val_every, allow_none=True)
+        self.val_episodes = check_int("Trainer", "val_episodes", val_episodes)
+        self.log_every = check_int("Trainer", "log_every", log_every)
+        self.checkpoint_every = check_int("Trainer", "checkpoint_every", checkpoint_every, allow_none=True)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"Trainer: seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
@@ -559,7 +544,7 @@ class Trainer:
                 ``last.pt`` is written and a later ``fit(resume=True)`` goes on.
         """
         self._maybe_restore(resume, overwrite)
-        until = self.steps if until is None else min(_positive_int("until", until), self.steps)
+        until = self.steps if until is None else min(check_int("Trainer", "until", until), self.steps)
         if not self._restored and self.step == 0:
             seed_everything(self.seed)
         if self.cpu_caching_allocator and self.device.type == "cpu":
