@@ -1,7 +1,7 @@
-"""In-process A/B of Conv4's fused block tail (models/fused_block.py): MAML meta-steps alternating with the
-fused batch norm -> max-pool -> ReLU on and off, in one process, so that machine noise hits both alike.
-``--switch lean-pool`` alternates the lean batch norm -> max-pool of second-order inner loops
-(models/lean_pool.py) instead.
+"""In-process A/B of one of Conv4's kernels (quickstudy.kernels): MAML meta-steps alternating with the kernel
+on and off through the model's switch (``Conv4.kernels``), in one process, so that machine noise hits both
+alike. ``--switch fused-tail`` (default) is the fused batch norm -> max-pool -> ReLU of graphs backpropagated
+once; ``--switch lean-pool`` the lean batch norm -> max-pool of second-order inner loops.
 
     python bench/fused_ab.py                       # 1-shot, 1 inner step, second order, meta-batch 32
     python bench/fused_ab.py --shots 5 --reps 8
@@ -23,10 +23,10 @@ import time
 import torch
 
 import quickstudy as qs
-from quickstudy.models import fused_block, lean_pool
+from quickstudy.kernels.cpu_allocator import enable_caching_allocator
 
-#: what --switch turns on and off: (module, flag)
-SWITCHES = {"fused-tail": (fused_block, "FUSED_BLOCKS_ON_CPU"), "lean-pool": (lean_pool, "LEAN_POOL_ON_CPU")}
+#: what --switch turns on and off: the kernel's name in Conv4.kernels
+SWITCHES = {"fused-tail": "fused_tail", "lean-pool": "lean_pool"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=6, help="timed meta-steps of each, alternating")
     args = parser.parse_args(argv)
 
-    qs.enable_caching_allocator()
+    enable_caching_allocator()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     tasks, ways, queries = args.meta_batch, 5, 15
@@ -63,18 +63,16 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         return time.perf_counter() - started
 
-    module, flag = SWITCHES[args.switch]
+    every = frozenset(maml.model.kernels)
+    kernels = {True: every, False: every - {SWITCHES[args.switch]}}
     seconds: dict[bool, list[float]] = {True: [], False: []}
-    try:
-        for on in (True, False):  # warm-up: builds the kernel, fills the allocator's cache
-            setattr(module, flag, on)
-            meta_step()
-        for _ in range(args.reps):
-            for on in (True, False):
-                setattr(module, flag, on)
-                seconds[on].append(meta_step())
-    finally:
-        setattr(module, flag, True)
+    for on in (True, False):  # warm-up: builds the kernel, fills the allocator's cache
+        maml.model.kernels = kernels[on]
+        meta_step()
+    for _ in range(args.reps):
+        for on in (True, False):
+            maml.model.kernels = kernels[on]
+            seconds[on].append(meta_step())
     fused_s, native_s = statistics.median(seconds[True]), statistics.median(seconds[False])
     print(f"{args.shots}-shot, {args.inner_steps} step(s), {'first' if args.first_order else 'second'} order, "
           f"meta-batch {tasks}, {args.threads} threads{', bfloat16' if args.bfloat16 else ''}, {args.switch}: "

@@ -30,7 +30,7 @@ from quickstudy._atomic import atomic_write_text  # noqa: E402
 from quickstudy.automl.evaluate import (format_head_to_head, format_table, leave_one_out, plot_head_to_head,  # noqa: E402
                                         plot_results)
 from quickstudy.automl.knowledge import load_knowledge_base  # noqa: E402
-from quickstudy.automl.recommend import RECOMMENDERS  # noqa: E402
+from quickstudy.automl.recommenders import RECOMMENDERS  # noqa: E402
 
 
 GOAL_METHOD = "scenario-search"  # the recommender `quickstudy recommend` uses by default

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quickstudy.algorithms import ANIL, MetaSGD
+from quickstudy.algorithms.execution import Run
 from _toy import class_batch
 from _toy import tiny_mlp as _tiny_mlp
 
@@ -42,7 +43,7 @@ def test_inner_loop_changes_only_the_head_and_reuses_body_features():
     calls = []
     handle = model.features.register_forward_hook(lambda *a: calls.append(1))
     meta = anil.meta_parameters()
-    fast, losses = anil.inner_adapt(meta, task.support_x, task.support_y, 3, True, False)
+    fast, losses = anil.inner_adapt(meta, task.support_x, task.support_y, 3, True, Run(anil.learner))
     handle.remove()
     assert set(fast) == {"head.weight", "head.bias"} and len(losses) == 3
     assert len(calls) == 1  # body run once for 3 inner steps

@@ -8,7 +8,8 @@ import pytest
 
 from quickstudy.automl.evaluate import format_head_to_head, leave_one_out, plot_head_to_head, summarize
 from quickstudy.automl.knowledge import DATA_DIR, KnowledgeBase
-from quickstudy.automl.recommend import AverageRankRecommender, greedy_best_of_n, make_recommender
+from quickstudy.automl.recommend import AverageRankRecommender, greedy_best_of_n
+from quickstudy.automl.recommenders import make_recommender
 from quickstudy.automl.warm_search import ScenarioSearch, run_search_order
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quickstudy import cpu_allocator, native
+from quickstudy.kernels import cpu_allocator, native
 
 needs_compiler = pytest.mark.skipif(
     not any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++")),
@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     import quickstudy as qs
-    from quickstudy import cpu_allocator, native
+    from quickstudy.kernels import cpu_allocator, native
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

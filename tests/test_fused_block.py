@@ -3,7 +3,6 @@ for the backward, used by Conv4 only where a graph is differentiated once, and a
 number) for a second derivative."""
 
 import copy
-import threading
 import warnings
 
 import pytest
@@ -11,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import quickstudy as qs
-from quickstudy.models import fused_block, lean_pool
-from quickstudy.models.fused_block import backward_once, bn_pool_relu
+import quickstudy.kernels.fused_tail as fused_block
+from quickstudy.kernels.fused_tail import bn_pool_relu
+from quickstudy.models import Learner
 
 needs_kernel = pytest.mark.skipif(fused_block._ops() is None, reason="no C++ compiler to build the kernel")
 
@@ -42,8 +42,7 @@ def test_values_and_gradients_match_the_torch_ops_in_float64(shape):
     expected = reference(*ref_inputs)
     expected.backward(grad)
     inputs = [(channels_last(t.float()) if t.dim() == 4 else t.float()).requires_grad_() for t in (x, weight, bias)]
-    with backward_once():
-        out = bn_pool_relu(*inputs)
+    out = bn_pool_relu(*inputs)
     out.backward(grad.float())
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(out, expected) < 1e-5
@@ -64,8 +63,7 @@ def test_bfloat16_rounds_the_float_result_once_and_its_gradients_are_closer_than
     native = [t.clone().requires_grad_() for t in (x, weight, bias)]
     reference(*native).backward(grad)
     fused = [t.clone().requires_grad_() for t in (x, weight, bias)]
-    with backward_once():
-        out = bn_pool_relu(*fused)
+    out = bn_pool_relu(*fused)
     out.backward(grad)
     assert out.dtype == fused[0].grad.dtype == torch.bfloat16 and fused[1].grad.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
@@ -85,8 +83,7 @@ def test_ties_send_the_gradient_to_the_first_maximum_as_torch_does():
     ref_x = x.clone().requires_grad_()
     reference(ref_x, weight, bias).backward(grad)
     fused_x = x.clone().requires_grad_()
-    with backward_once():
-        bn_pool_relu(fused_x, weight, bias).backward(grad)
+    bn_pool_relu(fused_x, weight, bias).backward(grad)
     torch.testing.assert_close(fused_x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
 
 
@@ -107,8 +104,7 @@ def test_running_statistics_update_as_batch_norm_does():
 def test_a_second_derivative_raises_instead_of_being_wrong():
     x = channels_last(torch.randn(2, 3, 4, 4)).requires_grad_()
     weight, bias = torch.ones(3, requires_grad=True), torch.zeros(3, requires_grad=True)
-    with backward_once():
-        loss = bn_pool_relu(x, weight, bias).square().sum()
+    loss = bn_pool_relu(x, weight, bias).square().sum()
     (grad_weight,) = torch.autograd.grad(loss, [weight], create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_weight.sum().backward()
@@ -138,21 +134,20 @@ def _saved_bytes(fn):
 
 
 @needs_kernel
-def test_conv4_fuses_only_inside_backward_once_and_keeps_far_less(monkeypatch):
+def test_conv4_fuses_only_when_told_the_graph_is_backpropagated_once_and_keeps_far_less():
     torch.manual_seed(0)
     model = qs.models.Conv4(in_channels=1, ways=5)
     images = torch.randn(20, 1, 28, 28)
     plain = model(images)
     assert "_BnPoolReluBackward" not in _graph_ops(plain)  # a second derivative must stay possible
-    with backward_once():
-        fused = model(images)
+    fused = model(images, backward_once=True)
     assert "_BnPoolReluBackward" in _graph_ops(fused)
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
-    lean_bytes = _saved_bytes(lambda: model(images))  # outside backward_once: twice differentiable, lean pool
-    with backward_once():
-        fused_bytes = _saved_bytes(lambda: model(images))
-    monkeypatch.setattr(lean_pool, "LEAN_POOL_ON_CPU", False)
-    native_bytes = _saved_bytes(lambda: model(images))
+    lean_bytes = _saved_bytes(lambda: model(images))  # twice differentiable: the lean pool
+    fused_bytes = _saved_bytes(lambda: model(images, backward_once=True))
+    without = copy.deepcopy(model)
+    without.kernels = frozenset({"channels_last", "gemm_conv"})  # the switch: no fused tail, no lean pool
+    native_bytes = _saved_bytes(lambda: without(images, backward_once=True))
     assert fused_bytes < 0.6 * native_bytes  # no batch-norm output, no int64 pool indices
     assert fused_bytes < lean_bytes < native_bytes
     with torch.no_grad():  # evaluation uses it too
@@ -166,8 +161,7 @@ def test_conv4_fuses_under_bfloat16_autocast_too():
     images = torch.randn(10, 1, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain = model(images)
-        with backward_once():
-            fused = model(images)
+        fused = model(images, backward_once=True)
     assert "_BnPoolReluBackward" in _graph_ops(fused) and "_BnPoolReluBackward" not in _graph_ops(plain)
     assert fused.dtype == plain.dtype == torch.bfloat16
     torch.testing.assert_close(fused.float(), plain.float(), rtol=0.05, atol=0.05)
@@ -175,18 +169,17 @@ def test_conv4_fuses_under_bfloat16_autocast_too():
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
-def test_backward_once_is_per_thread_and_restored():
-    seen = []
-    with backward_once():
-        thread = threading.Thread(target=lambda: seen.append(fused_block.backward_once_active()))
-        thread.start()
-        thread.join()
-        assert fused_block.backward_once_active()
-    assert seen == [False]
-    assert not fused_block.backward_once_active()
-    with pytest.raises(KeyError), backward_once():
-        raise KeyError
-    assert not fused_block.backward_once_active()
+def test_learner_passes_backward_once_only_to_models_that_take_it():
+    """The flag travels in the call (no thread-local state): a Conv4 fuses, a plain module just runs."""
+    torch.manual_seed(0)
+    conv4, plain = qs.models.Conv4(in_channels=1, ways=5), torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 5))
+    images = torch.randn(6, 1, 28, 28)
+    assert Learner(conv4).accepts_backward_once and not Learner(plain).accepts_backward_once
+    out = Learner(conv4)(dict(conv4.named_parameters()), images, backward_once=True)
+    assert "_BnPoolReluBackward" in _graph_ops(out)
+    assert "_BnPoolReluBackward" not in _graph_ops(Learner(conv4)(dict(conv4.named_parameters()), images))
+    torch.testing.assert_close(Learner(plain)(dict(plain.named_parameters()), images, backward_once=True),
+                               plain(images))
 
 
 def _meta_gradient(learner, batch):
@@ -195,14 +188,14 @@ def _meta_gradient(learner, batch):
     return torch.cat([p.grad.flatten() for p in learner.parameters()]).double()
 
 
-def _assert_as_accurate_as_native(learner, batch, monkeypatch):
+def _assert_as_accurate_as_native(learner, batch):
     """The fused meta-gradient is as close to the float64 one as the native ops' float32 meta-gradient."""
     exact_batch = qs.TaskBatch(support_x=batch.support_x.double(), support_y=batch.support_y,
                                query_x=batch.query_x.double(), query_y=batch.query_y, ways=batch.ways)
     exact = _meta_gradient(copy.deepcopy(learner).double(), exact_batch)
-    monkeypatch.setattr(fused_block, "FUSED_BLOCKS_ON_CPU", False)
-    native_error = (_meta_gradient(learner, batch) - exact).norm() / exact.norm()
-    monkeypatch.setattr(fused_block, "FUSED_BLOCKS_ON_CPU", True)
+    native = copy.deepcopy(learner)
+    native.model.kernels = native.model.kernels - {"fused_tail"}
+    native_error = (_meta_gradient(native, batch) - exact).norm() / exact.norm()
     fused_error = (_meta_gradient(learner, batch) - exact).norm() / exact.norm()
     # Both are usually ~3e-6 off; a max-pool window whose two largest values differ by less than float32
     # rounding (there are ~1e5 windows here) sends its gradient to the other pixel in one implementation or
@@ -221,24 +214,24 @@ def _tasks(count, seed):
 
 @needs_kernel
 @pytest.mark.parametrize("first_order,strategy", [(False, "loop"), (True, "loop"), (False, "threads")])
-def test_maml_meta_gradient_with_the_fused_query_pass_is_as_accurate_as_native(first_order, strategy, monkeypatch):
+def test_maml_meta_gradient_with_the_fused_query_pass_is_as_accurate_as_native(first_order, strategy):
     torch.manual_seed(1)
     maml = qs.MAML(qs.models.Conv4(in_channels=1, ways=5), inner_lr=0.4, inner_steps=2, first_order=first_order,
                    strategy=strategy)
-    _assert_as_accurate_as_native(maml, _tasks(3, seed=1), monkeypatch)
+    _assert_as_accurate_as_native(maml, _tasks(3, seed=1))
 
 
 @needs_kernel
-def test_protonet_and_reptile_gradients_with_fusion_are_as_accurate_as_native(monkeypatch):
+def test_protonet_and_reptile_gradients_with_fusion_are_as_accurate_as_native():
     torch.manual_seed(2)
-    _assert_as_accurate_as_native(qs.ProtoNet(qs.models.Conv4(in_channels=1, ways=None)), _tasks(2, seed=2), monkeypatch)
+    _assert_as_accurate_as_native(qs.ProtoNet(qs.models.Conv4(in_channels=1, ways=None)), _tasks(2, seed=2))
     reptile = qs.Reptile(qs.models.Conv4(in_channels=1, ways=5), inner_lr=0.01, inner_steps=2,
                          inner_optimizer="sgd")  # Adam would blow the conv biases' zero-gradient noise up
-    _assert_as_accurate_as_native(reptile, _tasks(2, seed=3), monkeypatch)
+    _assert_as_accurate_as_native(reptile, _tasks(2, seed=3))
 
 
 def test_without_a_compiler_conv4_warns_once_and_uses_the_torch_ops(monkeypatch):
-    from quickstudy import native
+    from quickstudy.kernels import native
 
     def no_compiler():
         raise native.CompilerNotFoundError("no compiler here")
@@ -251,6 +244,6 @@ def test_without_a_compiler_conv4_warns_once_and_uses_the_torch_ops(monkeypatch)
     with pytest.warns(RuntimeWarning, match="fused Conv4 blocks unavailable.*no compiler here"), torch.no_grad():
         out = model(torch.randn(4, 1, 28, 28))
     assert out.shape == (4, 5)
-    with warnings.catch_warnings(), backward_once():
+    with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once only
-        model(torch.randn(4, 1, 28, 28)).sum().backward()
+        model(torch.randn(4, 1, 28, 28), backward_once=True).sum().backward()

@@ -1,14 +1,13 @@
-"""The lean max-pool and batch norm -> max-pool of second-order inner loops (models/lean_pool.py,
-models/batchnorm_grad.batch_norm_pool_train): torch's values and derivatives, for less kept memory."""
+"""The lean max-pool and batch norm -> max-pool of second-order inner loops (kernels/lean_pool.py,
+kernels/batchnorm_grad.batch_norm_pool_train): torch's values and derivatives, for less kept memory."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import quickstudy as qs
-from quickstudy.models import lean_pool
-from quickstudy.models.batchnorm_grad import batch_norm_pool_train, batch_norm_train
-from quickstudy.models.lean_pool import lean_max_pool2x2
+from quickstudy.kernels import batch_norm_pool_train, batch_norm_train, lean_max_pool2x2
+from quickstudy.models.fast_path import lean_norm_then_pool
 
 
 def _input(channels_last: bool, shape=(3, 4, 6, 8), tie: bool = False) -> torch.Tensor:
@@ -124,7 +123,7 @@ def test_the_second_order_graph_keeps_no_full_size_tensor_but_the_input():
     assert ours < 0.5 * native
 
 
-def test_maml_meta_gradient_is_the_same_with_and_without_the_lean_pool(monkeypatch):
+def test_maml_meta_gradient_is_the_same_with_and_without_the_lean_pool():
     gen = torch.Generator().manual_seed(0)
     tasks, ways, shots, queries = 2, 5, 2, 3
     batch = qs.TaskBatch(
@@ -136,7 +135,7 @@ def test_maml_meta_gradient_is_the_same_with_and_without_the_lean_pool(monkeypat
     maml = qs.MAML(qs.models.Conv4(in_channels=1, ways=ways).double(), inner_lr=0.4, inner_steps=3, strategy="loop")
     grads = {}
     for on in (True, False):
-        monkeypatch.setattr(lean_pool, "LEAN_POOL_ON_CPU", on)
+        maml.model.kernels = frozenset(qs.models.fast_path.KERNELS) - (set() if on else {"lean_pool"})
         maml.zero_grad()
         maml.meta_backward(batch)
         grads[on] = torch.cat([p.grad.flatten() for p in maml.parameters()])
@@ -150,7 +149,7 @@ def test_task_batch_norm_then_pool_equals_the_two_layers(policy, training):
     twin = qs.models.TaskBatchNorm2d(4, policy=policy).double().train(training)
     twin.load_state_dict(norm.state_dict())
     x = _input(True)
-    ours, theirs = norm.forward_then_max_pool2x2(x), F.max_pool2d(twin(x), 2)
+    ours, theirs = lean_norm_then_pool(x, norm), F.max_pool2d(twin(x), 2)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
     probe = torch.randn_like(ours)
     grads = [torch.autograd.grad((y * probe).sum(), [x, *m.parameters()]) for y, m in ((ours, norm), (theirs, twin))]

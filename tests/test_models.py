@@ -179,10 +179,9 @@ def test_registry_builds_from_plain_arguments():
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(stride_variant=True), dict(batch_norm="running"), dict(in_channels=3)])
-def test_conv4_channels_last_on_cpu_equals_the_default_layout_in_float64(kwargs, monkeypatch):
+def test_conv4_channels_last_on_cpu_equals_the_default_layout_in_float64(kwargs):
     """Conv4 runs in channels_last on CPU (and pools before the ReLU): same outputs and gradients, up to
     summation order, as the plain NCHW network with ReLU before pool."""
-    import quickstudy.models.conv4 as conv4_module
 
     torch.manual_seed(0)
     model = Conv4(ways=5, hidden=8, image_size=28, **kwargs).double()
@@ -201,7 +200,6 @@ def test_conv4_channels_last_on_cpu_equals_the_default_layout_in_float64(kwargs,
 
     results = []
     for channels_last in (True, False):
-        monkeypatch.setattr(conv4_module, "CHANNELS_LAST_ON_CPU", channels_last)
         copy_ = __import__("copy").deepcopy(model)
         out = copy_(x) if channels_last else reference(copy_, x)
         out.pow(2).sum().backward()
@@ -227,7 +225,7 @@ def test_conv4_state_dict_keys_are_unchanged():
 @pytest.mark.parametrize("in_channels,stride,padding,bias", [(1, 1, 1, True), (3, 1, 1, False), (1, 2, 1, True),
                                                               (3, 2, 0, True)])
 def test_first_layer_as_a_matrix_product_equals_conv2d_to_second_order(in_channels, stride, padding, bias):
-    from quickstudy.models.gemm_conv import conv2d_as_gemm
+    from quickstudy.kernels import conv2d_as_gemm
 
     torch.manual_seed(0)
     x = torch.randn(4, in_channels, 9, 9, dtype=torch.float64)
@@ -251,7 +249,7 @@ def test_first_layer_as_a_matrix_product_equals_conv2d_to_second_order(in_channe
 
 
 def test_only_small_plain_convolutions_run_as_a_matrix_product():
-    from quickstudy.models.gemm_conv import gemm_conv_applies
+    from quickstudy.models.fast_path import gemm_conv_applies
 
     assert gemm_conv_applies(nn.Conv2d(1, 64, 3, padding=1))
     assert gemm_conv_applies(nn.Conv2d(3, 64, 3, stride=2, padding=1))
@@ -266,7 +264,7 @@ def test_only_small_plain_convolutions_run_as_a_matrix_product():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_lean_batch_norm_double_backward_equals_native_in_float64(channels_last):
     """batch_norm_train's hand-written double backward against torch's own, through a MAML-like outer loss."""
-    from quickstudy.models.batchnorm_grad import batch_norm_train
+    from quickstudy.kernels import batch_norm_train
 
     torch.manual_seed(0)
     x = torch.randn(6, 3, 5, 4, dtype=torch.float64)
@@ -294,7 +292,7 @@ def test_lean_batch_norm_double_backward_equals_native_in_float64(channels_last)
 def test_lean_batch_norm_in_bfloat16_matches_the_float64_second_order_gradient():
     """Under autocast the convolutions hand batch norm bfloat16 activations (float32 weights): the lean double
     backward computes in float32, so its second-order gradients are the float64 ones to bfloat16 rounding."""
-    from quickstudy.models.batchnorm_grad import batch_norm_train
+    from quickstudy.kernels import batch_norm_train
 
     torch.manual_seed(2)
     x64 = torch.randn(10, 4, 6, 6, dtype=torch.float64).bfloat16().double()  # values exact in bfloat16
@@ -326,7 +324,7 @@ def test_lean_batch_norm_in_bfloat16_matches_the_float64_second_order_gradient()
 
 
 def test_lean_batch_norm_updates_running_statistics_and_refuses_a_third_derivative():
-    from quickstudy.models.batchnorm_grad import batch_norm_train
+    from quickstudy.kernels import batch_norm_train
 
     torch.manual_seed(1)
     x = torch.randn(8, 4, 3, 3, dtype=torch.float64, requires_grad=True)

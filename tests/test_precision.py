@@ -76,7 +76,7 @@ def test_trainer_precision_bfloat16_trains_and_is_recorded(monkeypatch):
 
 def test_unknown_precision_is_refused_by_trainer_and_config():
     maml = MAML(Conv4(ways=3, hidden=8, image_size=16), inner_lr=0.4, inner_steps=1)
-    with pytest.raises(ValueError, match="precision must be one of 'float32', 'bfloat16', got 'fp8'"):
+    with pytest.raises(ValueError, match="precision must be one of 'float32', 'bfloat16'; got 'fp8'"):
         Trainer(maml, [float_batch()], steps=1, progress=False, precision="fp8")
     with pytest.raises((ConfigError, ValueError), match="precision"):
         ExperimentConfig.model_validate({"train": {"precision": "float16"}})

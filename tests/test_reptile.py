@@ -37,7 +37,9 @@ def test_reptile_step_is_outer_lr_times_mean_of_adapted_minus_initial(optimizer,
     phis = [adapted_by_hand(model, t.support_x, t.support_y, 3, make_opt) for t in batch]
     eps = 0.25
     outer = torch.optim.SGD(reptile.parameters(), lr=eps)
-    metrics = reptile.meta_step(batch, outer)
+    outer.zero_grad()
+    metrics = reptile.meta_backward(batch)
+    outer.step()
     for i, p in enumerate(model.parameters()):
         mean_phi = sum(phi[i] for phi in phis) / len(phis)
         torch.testing.assert_close(p.detach(), theta[i] + eps * (mean_phi - theta[i]), rtol=1e-12, atol=1e-14)
@@ -94,7 +96,7 @@ def test_adapt_uses_eval_steps_and_predict_matches():
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [(dict(inner_lr=0), "inner_lr"), (dict(inner_steps=0), "inner_steps must be a positive integer, got 0"),
-     (dict(inner_optimizer="rmsprop"), "inner_optimizer must be one of 'sgd', 'adam'; got 'rmsprop'"),
+     (dict(inner_optimizer="adagrad"), "inner_optimizer must be one of 'adam', 'adamw', 'sgd', 'rmsprop'; got 'adagrad'"),
      (dict(inner_data="query"), "inner_data"), (dict(adam_beta1=1.0), "adam_beta1"), (dict(loss="l1"), "loss")],
 )
 def test_bad_arguments(kwargs, pattern):

@@ -26,7 +26,7 @@ TINY = {"kind": "rl", "name": "tiny-nav", "seed": 3, "env": {"name": "navigation
 
 
 def _weights(run: Path) -> dict:
-    return load_checkpoint(run / "last.pt")["learner"]["policy"]
+    return load_checkpoint(run / "last.pt")["model"]
 
 
 def test_short_navigation_run_adapts():

@@ -10,9 +10,13 @@ import torch
 from torch import nn
 
 from quickstudy.algorithms import ANIL, MAML, MetaSGD, ProtoNet
-from quickstudy.algorithms.strategy import resolve_strategy
+from quickstudy.algorithms.execution import Execution
 from quickstudy.models import MLP, Conv4
 from quickstudy.tasks.batch import TaskBatch
+
+
+def resolve_strategy(owner, strategy, model, threads_ok=False):
+    return Execution(owner, model).resolve(strategy, threads_ok)
 
 
 def image_batch(B=3, N=3, K=2, Q=2, size=16, seed=0):
@@ -101,16 +105,16 @@ def test_running_batch_norm_forces_the_loop_while_training():
 
 @pytest.mark.skipif(not torch.__version__.startswith("2.13"), reason="documents a torch 2.13 behaviour")
 def test_native_batch_norm_under_vmap_is_wrong_at_second_order_which_is_why_vmap_refuses_it(monkeypatch):
-    """The pitfall in DESIGN.md, reproduced: swap the primitive batch norm for nn.BatchNorm2d, bypass the
+    """The torch 2.13 pitfall (pytorch/functorch#534), reproduced: swap the primitive batch norm for nn.BatchNorm2d, bypass the
     refusal, and vmap's second-order meta-gradient no longer matches the loop (first order still does).
-    If this starts failing, torch fixed it and ``strategy.vmap_obstacle`` may stop refusing native BN."""
-    import quickstudy.algorithms.strategy as strategy
+    If this starts failing, torch fixed it and ``execution.vmap_obstacle`` may stop refusing native BN."""
+    import quickstudy.algorithms.execution as execution
 
     model = conv4()
     for i, module in enumerate(model.features):
         if type(module).__name__ == "TaskBatchNorm2d":
             model.features[i] = nn.BatchNorm2d(4, track_running_stats=False).double()
-    monkeypatch.setattr(strategy, "vmap_obstacle", lambda module: None)
+    monkeypatch.setattr(execution, "vmap_obstacle", lambda module: None)
     batch = image_batch()
     errors = {}
     for first_order in (False, True):
@@ -202,13 +206,14 @@ def test_threads_learners_run_meta_loss_and_predict_as_the_loop():
 
 def test_protonet_auto_runs_meta_backward_on_worker_threads(monkeypatch):
     """strategy='auto' on a multi-core CPU splits ProtoNet's tasks over worker threads, as it does MAML's."""
-    import quickstudy.algorithms.strategy as strategy
+    import quickstudy.algorithms.execution as execution
 
     if (__import__("os").cpu_count() or 1) < 2:
         pytest.skip("one core: 'auto' runs the loop")
     calls = []
-    real = strategy._threaded_backward
-    monkeypatch.setattr(strategy, "_threaded_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = execution.Execution._threaded_backward
+    monkeypatch.setattr(execution.Execution, "_threaded_backward",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

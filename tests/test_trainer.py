@@ -401,7 +401,7 @@ def test_resume_of_a_custom_optimizer_asks_for_it(tmp_path):
         ({"steps": 0}, "steps must be a positive integer"),
         ({"lr": -1.0}, "lr must be a finite number > 0"),
         ({"optimizer": "adamax2"}, "optimizer must be one of"),
-        ({"schedule": "linear"}, "schedule must be None"),
+        ({"schedule": "exponential"}, "schedule must be one of"),
         ({"grad_clip": 0}, "grad_clip"),
         ({"val_every": 2.5}, "val_every"),
     ],

@@ -10,8 +10,7 @@
 
 __version__ = "0.1.0"
 
-from . import algorithms, cpu_allocator, data, models, tasks, training
-from .cpu_allocator import enable_caching_allocator
+from . import _deprecated, algorithms, data, kernels, models, tasks, training
 from .algorithms import ANIL, FOMAML, MAML, FineTune, MetaLearner, MetaSGD, ProtoNet, Reptile
 from .tasks import EpisodeSampler, FixedEpisodes, Sinusoid, TaskBatch
 from .training import (
@@ -25,21 +24,28 @@ from .training import (
 )
 
 
+_deprecated.install()
+
+
 def __getattr__(name: str):
     # quickstudy.rl (gymnasium) and quickstudy.automl (Optuna, scikit-learn, pymfe: the 'automl' extra) load
     # on first use, so `import quickstudy` stays light
-    if name in ("rl", "automl"):
-        import importlib
+    import importlib
 
+    if name in ("rl", "automl"):
         return importlib.import_module(f".{name}", __name__)
+    if name in ("cpu_allocator", "native"):
+        return _deprecated.moved(f"{__name__}.{name}")
+    if name == "enable_caching_allocator":  # a process-wide switch: it belongs with the kernels, not the top level
+        return _deprecated.moved(f"{__name__}.cpu_allocator").enable_caching_allocator
     raise AttributeError(f"module 'quickstudy' has no attribute {name!r}")
 
 
 __all__ = [
     "__version__",
-    "algorithms", "cpu_allocator", "data", "models", "tasks", "training", "rl", "automl",
+    "algorithms", "data", "kernels", "models", "tasks", "training", "rl", "automl",
     "TaskBatch", "EpisodeSampler", "FixedEpisodes", "Sinusoid",
     "MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "ProtoNet", "FineTune",
     "Trainer", "evaluate", "evaluate_regression_steps", "EvalResult", "NonFiniteLossError",
-    "load_checkpoint", "make_report", "enable_caching_allocator",
+    "load_checkpoint", "make_report",
 ]

@@ -1,7 +1,9 @@
-"""The ``quickstudy`` command: demo | train | eval | resume | adapt | report.
+"""The ``quickstudy`` command: demo | train | resume | eval | adapt | report | search | recommend.
 
-Every command that produces results accepts ``--json`` and then prints exactly one JSON object on
-stdout (progress bars and messages go to stderr).
+``train``, ``resume``, ``eval`` and ``report`` work on every task kind: the kind of a run is decided once,
+from its config (``kind:``), through the registry in :mod:`quickstudy.tasks.kinds`, and the run-folder shell
+of :mod:`quickstudy.runs` calls that kind's module. Every command that produces results accepts ``--json`` and
+then prints exactly one JSON object on stdout (progress bars and messages go to stderr).
 """
 
 from __future__ import annotations
@@ -31,54 +33,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rl(path) -> bool:
-    """Whether ``path`` (a config or a run folder) is a meta-RL config (``kind: rl``): handled by quickstudy.rl."""
-    from .rl.config import is_rl_config
-
-    return is_rl_config(path)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .runs import evaluate_run, format_eval, train_run
+
     limit = args.time_limit * 60 if args.time_limit is not None else None
-    if _rl(args.config):
-        from .rl import cli as rl_cli
-
-        run_dir = rl_cli.train(args, limit)
-        evaluate = lambda: rl_cli.evaluate(run_dir, args.episodes, not args.quiet)
-        format_eval = rl_cli.format_eval
-    else:
-        from .experiment import evaluate_run, train_run
-
-        overrides = list(args.overrides)
-        if args.steps is not None:
-            overrides.append(f"train.steps={args.steps}")
-        run_dir = train_run(args.config, overrides=overrides, out=args.out, progress=not args.quiet,
-                            time_limit=limit)
-        evaluate = lambda: evaluate_run(run_dir, episodes=args.episodes, progress=not args.quiet)
-        format_eval = _format_eval
+    run_dir = train_run(args.config, overrides=list(args.overrides), out=args.out, steps=args.steps,
+                        progress=not args.quiet, time_limit=limit)
     payload = {"run_dir": str(run_dir)}
     if args.eval:
-        payload["eval"] = evaluate()
+        payload["eval"] = evaluate_run(run_dir, episodes=args.episodes, progress=not args.quiet)
     if args.json:
         _print_json(payload)
     else:
         print(f"run written to {run_dir}", file=sys.stderr)
         if "eval" in payload:
-            print(format_eval(payload["eval"]))
+            print(format_eval(payload["eval"], run_dir))
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    from .runs import train_run
+
     limit = args.time_limit * 60 if args.time_limit is not None else None
-    if _rl(args.run_dir):
-        from .rl import cli as rl_cli
-
-        run_dir = rl_cli.resume(args, limit)
-    else:
-        from .experiment import train_run
-
-        run_dir = train_run(None, out=args.run_dir, resume=True, steps=args.steps, progress=not args.quiet,
-                            time_limit=limit)
+    run_dir = train_run(None, out=args.run_dir, resume=True, steps=args.steps, progress=not args.quiet,
+                        time_limit=limit)
     if args.json:
         _print_json({"run_dir": str(run_dir)})
     else:
@@ -86,34 +64,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_eval(result: dict) -> str:
-    metric = result["metric"]
-    scale = 100.0 if metric == "accuracy" else 1.0
-    unit = "%" if metric == "accuracy" else ""
-    line = (f"{result['experiment']}: test {metric} {result['mean'] * scale:.2f}{unit} "
-            f"± {result['ci95'] * scale:.2f}{unit} (95% CI, {result['episodes']} episodes)")
-    if result.get("mse_by_step"):
-        steps = ", ".join(f"{k}: {v['mean']:.3f}" for k, v in result["mse_by_step"].items())
-        line += f"\nMSE by adaptation step: {steps}"
-    return line
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
-    if _rl(args.run_dir):
-        from .rl import cli as rl_cli
+    from .runs import evaluate_run, format_eval
 
-        result = rl_cli.evaluate(args.run_dir, args.episodes, not args.json, getattr(args, "overrides", None))
-        format_eval = rl_cli.format_eval
-    else:
-        from .experiment import evaluate_run
-
-        result = evaluate_run(args.run_dir, episodes=args.episodes, checkpoint=args.checkpoint,
-                              progress=not args.json)
-        format_eval = _format_eval
+    result = evaluate_run(args.run_dir, episodes=args.episodes, checkpoint=args.checkpoint, progress=not args.json,
+                          overrides=getattr(args, "overrides", None))
     if args.json:
         _print_json(result)
     else:
-        print(format_eval(result))
+        print(format_eval(result, args.run_dir))
     return 0
 
 
@@ -137,11 +96,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    if _rl(args.run_dir):
-        from .rl.cli import report as make_report
-    else:
-        from .training import make_report
-    written = [str(p) for p in make_report(args.run_dir)]
+    from .runs import report_run
+
+    written = [str(p) for p in report_run(args.run_dir)]
     if args.json:
         _print_json({"files": written})
     else:
@@ -231,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides_ok = all("=" in item and not item.startswith("-") for item in extra)
         if args.command == "train" and overrides_ok:
             args.overrides = list(args.overrides) + extra
-        elif args.command == "eval" and overrides_ok and _rl(args.run_dir):  # RL: eval.* keys for this evaluation
+        elif args.command == "eval" and overrides_ok:  # e.g. RL's eval.* keys for this evaluation
             args.overrides = extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command != "report":
         import torch
 
-        from .experiment import choose_threads
+        from .runs import choose_threads
 
         torch.set_num_threads(choose_threads())
     try:

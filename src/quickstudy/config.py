@@ -27,6 +27,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from .optim import OPTIMIZERS, SCHEDULES
+
 __all__ = ["ExperimentConfig", "ConfigError", "load_config", "apply_overrides", "check_kwargs"]
 
 
@@ -81,10 +83,11 @@ class ComponentConfig(BaseModel):
 class TrainConfig(_Strict):
     steps: int = Field(1000, ge=0)
     lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal[tuple(OPTIMIZERS)] = "adam"  # the registry's names (quickstudy.optim)
     weight_decay: float = Field(0.0, ge=0)
     # cosine: anneal to 0; linear: decay linearly to 0 (Reptile's meta step); step: x gamma every step_size
-    schedule: Literal["cosine", "linear", "step"] | None = None
+    # (default steps // 3); quickstudy.optim.SCHEDULES
+    schedule: Literal[tuple(SCHEDULES)] | None = None
     step_size: int | None = Field(None, ge=1)
     gamma: float = Field(0.5, gt=0)
     grad_clip: float | None = Field(None, gt=0)
@@ -95,7 +98,7 @@ class TrainConfig(_Strict):
     time_limit: float | None = Field(None, gt=0)  # minutes of training; stops early, validated and saved
     # bfloat16: meta-gradients under torch.autocast (faster on AVX-512 BF16 CPUs and GPUs); float32 is exact
     precision: Literal["float32", "bfloat16"] = "float32"
-    # on CPU: keep freed tensors for reuse (quickstudy.cpu_allocator): no page faults, smaller resident set
+    # on CPU: keep freed tensors for reuse (quickstudy.kernels.cpu_allocator): no page faults, smaller resident set
     cpu_caching_allocator: bool = True
 
 
@@ -108,6 +111,7 @@ class EvalConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
+    kind: Literal["episodes"] = "episodes"  # the task kind (quickstudy.tasks.kinds); the default
     name: str = "experiment"
     description: str | None = None
     reference: Reference | list[Reference] | None = None

@@ -1,12 +1,9 @@
-"""From a validated config to task sources, a learner, a trained run folder and its evaluation.
+"""The ``episodes`` task kind: few-shot classification (images) and regression (sinusoids) episodes.
 
-The stateful shell the CLI and the benchmarks share. A run folder holds::
-
-    config.yaml         the resolved config (every default written out)
-    metrics.csv         training and validation rows; tensorboard/ when installed
-    last.pt, best.pt    checkpoints (weights-only loadable)
-    test_episodes.pt    the fixed test episodes (example indices), made at the first evaluation
-    eval.json           the last evaluation's result
+From a validated config (:mod:`quickstudy.config`) to task sources, a learner, a trained run and its
+evaluation on fixed test episodes; it implements the task-kind interface of :mod:`quickstudy.tasks.kinds`
+(the run-folder shell is :mod:`quickstudy.runs`). Besides the shared files, its run folder holds
+``test_episodes.pt``: the fixed test episodes (example indices), made at the first evaluation.
 """
 
 from __future__ import annotations
@@ -14,53 +11,27 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ._atomic import atomic_write_text
 from .algorithms import ALGORITHMS, MetaLearner
 from .config import ConfigError, ExperimentConfig, check_kwargs, load_config
+from .runs import machine_info, resolve_device
 from .models import MODELS
 from .tasks import EpisodeSampler, FixedEpisodes, Sinusoid
-from .training import Trainer, evaluate, evaluate_regression_steps, load_checkpoint
+from .training import TimeLimit, Trainer, evaluate_regression_steps, load_checkpoint
+from .training import evaluate as evaluate_tasks
 
-__all__ = ["TaskSources", "build_tasks", "build_learner", "train_run", "load_run", "evaluate_run",
-           "adapt_folders", "resolve_device", "machine_info", "choose_threads"]
+__all__ = ["NAME", "STEPS_KEY", "TaskSources", "build_tasks", "build_learner", "load_config", "train", "evaluate",
+           "format_eval", "report", "load_run", "adapt_folders", "train_run", "evaluate_run"]
 
-
-def choose_threads() -> int:
-    """Intra-op threads for this process: ``$QUICKSTUDY_THREADS`` if set, else the cores other processes
-    leave idle (cores minus the 1-minute load average), at least one.
-
-    Why: when another process holds a core, OpenMP's barrier waits make torch's default (one thread per
-    core) catastrophically slow for the small ops of meta-learning: measured on a busy 2-core machine,
-    a sinusoid MAML step took 1024 ms with 2 threads and 34 ms with 1."""
-    requested = os.environ.get("QUICKSTUDY_THREADS")
-    if requested:
-        return max(1, int(requested))
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, cores - int(busy + 0.5)))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"key 'device': {name!r} is not a torch device ({error})") from None
+NAME = "episodes"
+STEPS_KEY = "train.steps"
 
 
 @dataclass
@@ -152,86 +123,70 @@ def _parameters(factory) -> set[str]:
     return set(inspect.signature(factory).parameters)
 
 
-def _write_yaml(path: Path, payload: dict) -> None:
-    atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))
-
-
-def open_run_dir(load, config_path, overrides: list[str] | None, raw: dict | None, out, resume: bool,
-                 resume_overrides: list[str]) -> tuple[Any, Path]:
-    """``(config, run folder)`` for a fresh run (config resolved from ``config_path`` + ``overrides`` and
-    written to ``run/config.yaml``) or a resumed one (the run's own config, with ``resume_overrides``
-    written back). ``load(path, overrides=..., raw=...) -> (config, resolved dict)``: the config kind's
-    loader (supervised, meta-RL)."""
-    if resume:
-        if out is None:
-            raise ValueError("resume needs the run folder")
-        run_dir = Path(out)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
-        config, resolved = load(run_dir / "config.yaml", overrides=resume_overrides)
-        if resume_overrides:
-            _write_yaml(run_dir / "config.yaml", resolved)
-        return config, run_dir
-    config, resolved = load(config_path, overrides=overrides, raw=raw)
-    run_dir = Path(out) if out is not None else Path("runs") / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_yaml(run_dir / "config.yaml", resolved)
-    return config, run_dir
-
-
-def _schedule(config: ExperimentConfig):
-    """The LR schedule named in the config, as the trainer takes it."""
+def _schedule_options(config: ExperimentConfig) -> dict:
+    """The named schedule's options from the config (only ``step`` takes any)."""
     tr = config.train
-    if tr.schedule == "linear":
-        total = max(1, tr.steps)
-        return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
-    if tr.schedule == "step" and tr.step_size is not None:
-        return lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=tr.step_size, gamma=tr.gamma)
-    return tr.schedule
+    if tr.schedule == "step":
+        return {"step_size": tr.step_size, "gamma": tr.gamma}
+    return {}
 
 
 def _trainer(config: ExperimentConfig, learner, sources: TaskSources, out: Path, progress: bool) -> Trainer:
     tr = config.train
     return Trainer(learner, sources.train, val_tasks=sources.val, steps=tr.steps, lr=tr.lr, optimizer=tr.optimizer,
                    optimizer_kwargs={"weight_decay": tr.weight_decay} if tr.weight_decay else None,
-                   schedule=_schedule(config), grad_clip=tr.grad_clip, val_every=tr.val_every,
+                   schedule=tr.schedule, schedule_options=_schedule_options(config), grad_clip=tr.grad_clip,
+                   val_every=tr.val_every,
                    val_episodes=tr.val_episodes, out=out, log_every=tr.log_every,
                    checkpoint_every=tr.checkpoint_every, progress=progress,
                    device=resolve_device(config.device), seed=config.seed, precision=tr.precision,
                    cpu_caching_allocator=tr.cpu_caching_allocator)
 
 
-class _TimeLimit:
-    """Stop training (after validating and checkpointing) once ``seconds`` of training have passed."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_step_end(self, trainer: Trainer, step: int, metrics: dict) -> None:
-        if trainer.elapsed >= self.seconds:
-            trainer.should_stop = True
+_TimeLimit = TimeLimit  # the name quickstudy.automl.search imported before it moved to training.callbacks
 
 
-def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None = None,
-              out: str | os.PathLike | None = None, resume: bool = False, steps: int | None = None,
-              progress: bool = True, raw: dict | None = None, time_limit: float | None = None) -> Path:
-    """Train (or, with ``resume=True``, continue) a run; returns the run folder.
+def format_eval(result: dict) -> str:
+    metric = result["metric"]
+    scale = 100.0 if metric == "accuracy" else 1.0
+    unit = "%" if metric == "accuracy" else ""
+    line = (f"{result['experiment']}: test {metric} {result['mean'] * scale:.2f}{unit} "
+            f"± {result['ci95'] * scale:.2f}{unit} (95% CI, {result['episodes']} episodes)")
+    if result.get("mse_by_step"):
+        steps = ", ".join(f"{k}: {v['mean']:.3f}" for k, v in result["mse_by_step"].items())
+        line += f"\nMSE by adaptation step: {steps}"
+    return line
 
-    ``time_limit`` (seconds of training, across resumes) stops early, validated and checkpointed: the
-    wall-clock budgets of the CPU reproductions."""
-    config, run_dir = open_run_dir(load_config, config_path, overrides, raw, out, resume,
-                                   [f"train.steps={steps}"] if steps is not None else [])
+
+def report(run_dir: Path) -> list[Path]:
+    from .training import make_report
+
+    return make_report(run_dir)
+
+
+def train(config: ExperimentConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
+          time_limit: float | None = None) -> None:
+    """Meta-train (or continue) the run in ``run_dir`` with the shared Trainer. ``time_limit``: seconds of
+    training across resumes (default ``train.time_limit`` minutes)."""
     sources = build_tasks(config)
     learner = build_learner(config, sources)
     if config.train.steps == 0:
-        return run_dir
+        return
     trainer = _trainer(config, learner, sources, run_dir, progress)
     if time_limit is None and config.train.time_limit is not None:
         time_limit = config.train.time_limit * 60
     if time_limit is not None:
-        trainer.callbacks.append(_TimeLimit(time_limit))
+        trainer.callbacks.append(TimeLimit(time_limit))
     trainer.fit(resume=resume, overwrite=not resume)
-    return run_dir
+
+
+def train_run(config_path, overrides=None, out=None, resume=False, steps=None, progress=True, raw=None,
+              time_limit=None) -> Path:
+    """:func:`quickstudy.runs.train_run` (kept here for code written before task kinds)."""
+    from .runs import train_run as run
+
+    return run(config_path, overrides=overrides, out=out, resume=resume, steps=steps, progress=progress, raw=raw,
+               time_limit=time_limit)
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> tuple[ExperimentConfig, MetaLearner, TaskSources]:
@@ -267,23 +222,17 @@ def _fixed_test_episodes(run_dir: Path, config: ExperimentConfig, sources: TaskS
     return fixed
 
 
-def machine_info() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "commit": commit}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, checkpoint: str = "best",
                  progress: bool = True) -> dict[str, Any]:
+    """:func:`evaluate` (kept for code written before task kinds)."""
+    return evaluate(Path(run_dir), episodes=episodes, checkpoint=checkpoint, progress=progress)
+
+
+def evaluate(run_dir: Path, *, episodes: int | None = None, checkpoint: str = "best", progress: bool = True,
+             overrides: list[str] | None = None) -> dict[str, Any]:
     """Score a run on its fixed test episodes; writes and returns ``eval.json``'s content."""
+    if overrides:
+        raise ValueError(f"eval: an episodes run takes no key=value overrides at evaluation; got {overrides}")
     run_dir = Path(run_dir)
     config, learner, sources = load_run(run_dir, checkpoint)
     episodes = episodes or config.eval.episodes
@@ -300,7 +249,7 @@ def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, checkp
         result.update(metric="mse", mean=headline.mean, ci95=headline.ci95, steps=chosen,
                       mse_by_step={str(r.steps): {"mean": r.mean, "ci95": r.ci95} for r in by_step})
     else:
-        outcome = evaluate(learner, tasks, episodes=episodes, batch_size=config.eval.batch_size,
+        outcome = evaluate_tasks(learner, tasks, episodes=episodes, batch_size=config.eval.batch_size,
                            steps=config.eval.inner_steps, progress=progress)
         result.update(metric="accuracy", mean=outcome.mean, ci95=outcome.ci95, metrics=outcome.metrics)
     result["seconds"] = time.perf_counter() - start
@@ -327,7 +276,11 @@ def adapt_folders(run_dir: str | os.PathLike, support: str | os.PathLike, query:
     """Adapt a trained run to the task in ``support`` (one sub-folder per class) and label the images in
     ``query``: rows of ``{file, label, probability}``."""
     from .data import ImageFolder, image_files, load_images
+    from .tasks.kinds import kind_of
 
+    if kind_of(run_dir).name != NAME:
+        raise ValueError(f"adapt: {str(run_dir)!r} is a {kind_of(run_dir).name!r} run; adapt labels images with a "
+                         f"run of kind {NAME!r}")
     config, learner, sources = load_run(run_dir, checkpoint)
     if sources.task_type != "classification":
         raise ValueError(f"adapt: run {str(run_dir)!r} is a regression run; adapt labels images")

@@ -12,8 +12,9 @@ protonet    :class:`ProtoNet`                       protonet.py
 finetune    :class:`FineTune` (Baseline/Baseline++) finetune.py
 ==========  ======================================  ==========================================
 
-The shared inner loop and shell of the MAML family are in ``inner_loop.py``; how the tasks of a batch
-are executed (per-task loop or vmap) is decided in one place, ``strategy.py``.
+``base.py`` holds the contract and the kit every file shares, ``gradient.py`` the shell of the MAML family,
+``inner_loop.py`` its differentiable inner SGD loop, and ``execution.py`` how the tasks of a batch run (a loop,
+``torch.func.vmap`` or worker threads), decided in one place.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from __future__ import annotations
 from torch import nn
 
 from .anil import ANIL
-from .base import MetaLearner, Predictor
+from .base import AdaptedPredictor, MetaLearner, Predictor
+from .execution import STRATEGIES
 from .finetune import CosineClassifier, FineTune
-from .inner_loop import AdaptedPredictor, GradientMetaLearner, sgd_inner_loop
+from .gradient import GradientMetaLearner
+from .inner_loop import sgd_inner_loop
 from .maml import FOMAML, MAML
 from .metasgd import MetaSGD
 from .protonet import ProtoNet
 from .reptile import Reptile
-from .strategy import STRATEGIES
 
 __all__ = [
     "ALGORITHMS",

@@ -22,7 +22,9 @@ from typing import Callable
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .inner_loop import GradientMetaLearner, sgd_inner_loop
+from .execution import Run
+from .gradient import GradientMetaLearner
+from .inner_loop import sgd_inner_loop
 
 __all__ = ["ANIL"]
 
@@ -58,7 +60,6 @@ class ANIL(GradientMetaLearner):
             names = [n for n in modules if n]
             raise ValueError(f"ANIL: head must name a submodule of the model (one of {names}); got {head!r}")
         self.head = head
-        object.__setattr__(self, "_head_module", modules[head])  # a view into self.model: not registered twice
         params = self.learner.params()
         prefix = head + "."
         #: full parameter name -> name inside the head module
@@ -66,38 +67,40 @@ class ANIL(GradientMetaLearner):
         if not self.head_params:
             raise ValueError(f"ANIL: the head module {head!r} has no trainable parameters")
 
-    def features(self, params, x: Tensor) -> Tensor:
+    def features(self, params, x: Tensor, run: Run | None = None) -> Tensor:
         """The head's input when the model runs with ``params`` (the head's output is discarded)."""
+        run = run or Run(self.learner)
         captured = {}
 
         def hook(module, inputs, output):
             captured["z"], captured["out"] = inputs[0], output
 
-        handle = self._head_module.register_forward_hook(hook)
+        handle = run.model.module.get_submodule(self.head).register_forward_hook(hook)
         try:
-            out = self.learner(params, x)
+            out = run(params, x)
         finally:
             handle.remove()
         if "z" not in captured or captured["out"] is not out:
             raise ValueError(f"ANIL: the head module {self.head!r} must produce the model's output")
         return captured["z"]
 
-    def _head(self, head_params, z: Tensor) -> Tensor:
-        return functional_call(self._head_module, {self.head_params[n]: t for n, t in head_params.items()}, (z,))
+    def _head(self, head_params, z: Tensor, run: Run) -> Tensor:
+        head = run.model.module.get_submodule(self.head)  # this run's own module structure (threads)
+        return functional_call(head, {self.head_params[n]: t for n, t in head_params.items()}, (z,))
 
-    def inner_adapt(self, meta, support_x, support_y, steps, create_graph, use_func):
+    def inner_adapt(self, meta, support_x, support_y, steps, create_graph, run):
         params = meta["params"]
         head = {n: params[n] for n in self.head_params}
         if steps == 0:
             return head, []
-        z = self.features(params, support_x)  # computed once, reused by every inner step
+        z = self.features(params, support_x, run)  # computed once, reused by every inner step
         if not create_graph:
             z = z.detach()
-        return sgd_inner_loop(self._head, head, z, support_y, self.loss_fn, steps, self.inner_lr,
-                              create_graph=create_graph, use_func=use_func)
+        return sgd_inner_loop(lambda p, features: self._head(p, features, run), head, z, support_y, self.loss_fn,
+                              steps, self.inner_lr, create_graph=create_graph, use_func=run.use_func)
 
-    def forward_adapted(self, meta, fast, x):
-        return self._head(fast, self.features(meta["params"], x))
+    def forward_adapted(self, meta, fast, x, run):
+        return self._head(fast, self.features(meta["params"], x, run), run)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", head={self.head!r}"

@@ -23,17 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_number
-from ..models.learner import Learner
+from ..optim import OPTIMIZERS, build_optimizer
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner, Predictor
-from .inner_loop import AdaptedPredictor, _all_finite, check_task
+from .base import AdaptedPredictor, MetaLearner, Predictor, all_finite, check_batch, check_task, unwrap_model
 from .losses import summarize
 from .protonet import prototypes
 
 __all__ = ["FineTune", "CosineClassifier"]
 
 HEADS = ("linear", "cosine")
-OPTIMIZERS = ("sgd", "adam")
 
 
 class CosineClassifier(nn.Module):
@@ -73,10 +71,7 @@ class FineTune(MetaLearner):
         scale: float | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(model, Learner):
-            model = model.module
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"FineTune: model must be a torch.nn.Module, got {type(model).__name__}")
+        model = unwrap_model("FineTune", model)
         self.num_train_classes = check_int("FineTune", "num_train_classes", num_train_classes)
         self.head = check_choice("FineTune", "head", head, HEADS)
         self.adapt_steps = check_int("FineTune", "adapt_steps", adapt_steps, minimum=0)
@@ -110,10 +105,7 @@ class FineTune(MetaLearner):
     # ------------------------------------------------------------------ pre-training
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy over the ``num_train_classes`` of every support and query image of the batch."""
-        if not isinstance(batch, TaskBatch):
-            raise TypeError(f"FineTune: expected a TaskBatch, got {type(batch).__name__}")
-        if not batch.is_classification:
-            raise ValueError("FineTune is for classification; got a regression batch (floating labels)")
+        check_batch("FineTune", batch, "classification")
         if batch.classes is None:
             raise ValueError("FineTune pre-trains on dataset class ids, but the batch has no `classes` field")
         classes = batch.classes.to(batch.support_y.device)
@@ -145,11 +137,9 @@ class FineTune(MetaLearner):
                 head.bias.zero_()
             else:
                 head.weight.copy_(prototypes(z, support_y, ways).nan_to_num(0.0))
-        if self.adapt_optimizer == "sgd":
-            opt = torch.optim.SGD(head.parameters(), lr=self.adapt_lr, momentum=self.momentum,
-                                  weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.Adam(head.parameters(), lr=self.adapt_lr, weight_decay=self.weight_decay)
+        # momentum goes to the optimizers that take it (SGD, RMSprop); weight decay to all
+        opt = build_optimizer("FineTune", self.adapt_optimizer, head.parameters(), self.adapt_lr, strict=False,
+                              momentum=self.momentum, weight_decay=self.weight_decay)
         losses = []
         with torch.enable_grad():
             for _ in range(steps):
@@ -159,7 +149,7 @@ class FineTune(MetaLearner):
                 opt.step()
                 losses.append(loss.detach())
         head.requires_grad_(False)
-        if not _all_finite(losses + list(head.parameters())):
+        if not all_finite(losses + list(head.parameters())):
             raise FloatingPointError(
                 f"FineTune.adapt: the support loss became non-finite ({[float(v) for v in losses[-3:]]}); "
                 f"lower adapt_lr={self.adapt_lr} or check the inputs"

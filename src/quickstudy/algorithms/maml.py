@@ -18,8 +18,8 @@ Usage::
     loss, metrics = maml.meta_loss(batch)          # differentiable w.r.t. maml.parameters()
     predictor = maml.adapt(support_x, support_y)   # one task; predictor(query_x) -> logits
 
-``strategy`` chooses how the B tasks run (``"loop"``, ``"vmap"`` or ``"auto"``, see
-:mod:`quickstudy.algorithms.strategy`); the inner loop itself is :func:`~.inner_loop.sgd_inner_loop`.
+``strategy`` chooses how the B tasks run (``"auto"``, ``"loop"``, ``"vmap"`` or ``"threads"``, see
+:mod:`quickstudy.algorithms.execution`); the inner loop itself is :func:`~.inner_loop.sgd_inner_loop`.
 Batch norm in the inner loop follows the model's declared policy (:mod:`quickstudy.models.batchnorm`).
 """
 
@@ -29,7 +29,8 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from .inner_loop import GradientMetaLearner, sgd_inner_loop
+from .gradient import GradientMetaLearner
+from .inner_loop import sgd_inner_loop
 
 __all__ = ["MAML", "FOMAML"]
 
@@ -43,7 +44,7 @@ class MAML(GradientMetaLearner):
         inner_steps: inner SGD steps k during meta-training (>= 0).
         first_order: drop the second-order terms (FOMAML).
         loss: ``"cross_entropy"`` (classification), ``"mse"`` (regression) or a callable ``(outputs, targets)``.
-        strategy: ``"auto"``, ``"loop"`` or ``"vmap"``.
+        strategy: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"threads"``.
         eval_steps: inner steps at evaluation (``adapt``/``predict`` with ``steps=None``); default ``inner_steps``.
         task_type: only for a callable ``loss``: ``"classification"`` (default) or ``"regression"``.
     """
@@ -62,12 +63,12 @@ class MAML(GradientMetaLearner):
         super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order, loss=loss,
                          strategy=strategy, eval_steps=eval_steps, task_type=task_type)
 
-    def inner_adapt(self, meta, support_x, support_y, steps, create_graph, use_func):
-        return sgd_inner_loop(self.learner, meta["params"], support_x, support_y, self.loss_fn, steps,
-                              self.inner_lr, create_graph=create_graph, use_func=use_func)
+    def inner_adapt(self, meta, support_x, support_y, steps, create_graph, run):
+        return sgd_inner_loop(run, meta["params"], support_x, support_y, self.loss_fn, steps, self.inner_lr,
+                              create_graph=create_graph, use_func=run.use_func)
 
-    def forward_adapted(self, meta, fast, x):
-        return self.learner(fast, x)
+    def forward_adapted(self, meta, fast, x, run):
+        return run(fast, x)
 
 
 class FOMAML(MAML):

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .inner_loop import GradientMetaLearner, sgd_inner_loop
+from .gradient import GradientMetaLearner
+from .inner_loop import sgd_inner_loop
 
 __all__ = ["MetaSGD"]
 
@@ -55,9 +56,9 @@ class MetaSGD(GradientMetaLearner):
         params = self.learner.params()
         return {"params": params, "lrs": {name: self.lrs[_key(name)] for name in params}}
 
-    def inner_adapt(self, meta, support_x, support_y, steps, create_graph, use_func):
-        return sgd_inner_loop(self.learner, meta["params"], support_x, support_y, self.loss_fn, steps,
-                              meta["lrs"], create_graph=create_graph, use_func=use_func)
+    def inner_adapt(self, meta, support_x, support_y, steps, create_graph, run):
+        return sgd_inner_loop(run, meta["params"], support_x, support_y, self.loss_fn, steps, meta["lrs"],
+                              create_graph=create_graph, use_func=run.use_func)
 
-    def forward_adapted(self, meta, fast, x):
-        return self.learner(fast, x)
+    def forward_adapted(self, meta, fast, x, run):
+        return run(fast, x)

@@ -13,21 +13,18 @@ statistics, at training and at test time alike).
 
 from __future__ import annotations
 
-import contextlib
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_choice
-from ..models.fused_block import backward_once as backward_once_context
 from ..models.learner import Learner
-from ..tasks.batch import TaskBatch
-from .base import MetaLearner, Predictor
-from .inner_loop import AdaptedPredictor, check_task, detach_tree
+from ..tasks.batch import Task, TaskBatch
+from .base import AdaptedPredictor, MetaLearner, Predictor, check_batch, check_task, detach_tree, unwrap_model
+from .execution import STRATEGIES, Execution, Run
 from .losses import summarize
-from .strategy import (GRADIENT_STRATEGIES, module_copies, resolve_strategy, run_meta_backward, run_meta_loss,
-                       run_predict, thread_workers)
 
 __all__ = ["ProtoNet", "prototypes", "squared_distances"]
 
@@ -44,65 +41,51 @@ def squared_distances(x: Tensor, centres: Tensor) -> Tensor:
 
 
 class ProtoNet(MetaLearner):
-    """``ProtoNet(model, strategy="auto")``: ``model`` maps ``[n, ...]`` inputs to ``[n, D]`` embeddings."""
+    """``ProtoNet(model, strategy="auto")``: ``model`` maps ``[n, ...]`` inputs to ``[n, D]`` embeddings.
+
+    ``strategy``: how the tasks of a batch run (``"auto"``, ``"loop"``, ``"vmap"``, ``"threads"``;
+    :mod:`quickstudy.algorithms.execution`)."""
 
     task_type = "classification"
 
     def __init__(self, model: nn.Module, strategy: str = "auto") -> None:
         super().__init__()
-        if isinstance(model, Learner):
-            model = model.module
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"ProtoNet: model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.learner = Learner(model)
-        self.strategy = check_choice("ProtoNet", "strategy", strategy, GRADIENT_STRATEGIES)
+        self.model = unwrap_model("ProtoNet", model)
+        self.learner = Learner(self.model)
+        self.execution = Execution("ProtoNet", self.model)
+        self.strategy = check_choice("ProtoNet", "strategy", strategy, STRATEGIES)
 
-    def _embed(self, params, x: Tensor, learner: Learner | None = None) -> Tensor:
-        z = (learner or self.learner)(params, x)
+    def _embed(self, params, x: Tensor, run: Run) -> Tensor:
+        z = run(params, x)
         if z.dim() != 2:
             raise ValueError(f"ProtoNet: the model must return [n, D] embeddings, got {tuple(z.shape)}")
         return z
 
-    def logits(self, params, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int,
-               learner: Learner | None = None) -> Tensor:
-        protos = prototypes(self._embed(params, support_x, learner), support_y, ways)
-        return -squared_distances(self._embed(params, query_x, learner), protos)
+    def logits(self, params, task: Task, run: Run) -> Tensor:
+        """``-||f(query_x) - c_n||^2`` for the prototypes ``c_n`` of the task's support set."""
+        protos = prototypes(self._embed(params, task.support_x, run), task.support_y, task.ways)
+        return -squared_distances(self._embed(params, task.query_x, run), protos)
 
-    def _ways(self, batch: TaskBatch) -> int:
-        if not isinstance(batch, TaskBatch):
-            raise TypeError(f"ProtoNet: expected a TaskBatch, got {type(batch).__name__}")
-        if not batch.is_classification:
-            raise ValueError("ProtoNet is for classification; got a regression batch (floating labels)")
-        return batch.ways if batch.ways is not None else int(batch.support_y.max()) + 1
+    def task_loss(self, params, task: Task, run: Run) -> tuple[Tensor, Tensor]:
+        logits = self.logits(params, task, run)
+        return F.cross_entropy(logits, task.query_y), logits
 
-    def _task_fn(self, ways: int, backward_once: bool = False, learner: Learner | None = None):
-        # backward_once: meta_backward backpropagates each task once, so Conv4 may keep less (fused_block.py);
-        # learner: a worker thread's own module structure (strategy "threads")
-        once = backward_once_context if backward_once else contextlib.nullcontext
-
-        def task_fn(meta, sx, sy, qx, qy, use_func):
-            with once():
-                logits = self.logits(meta, sx, sy, qx, ways, learner)
-            return F.cross_entropy(logits, qy), logits
-        return task_fn
+    def _check_batch(self, batch: TaskBatch) -> TaskBatch:
+        batch = check_batch("ProtoNet", batch, "classification")
+        if batch.ways is None:  # a hand-made batch: the labels say how many classes
+            batch = replace(batch, ways=int(batch.support_y.max()) + 1)
+        return batch
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        ways = self._ways(batch)
-        strategy = resolve_strategy("ProtoNet", self.strategy, self.model)
-        loss, losses, outputs = run_meta_loss(self._task_fn(ways), self.learner.params(), batch, strategy)
+        batch = self._check_batch(batch)
+        loss, losses, outputs = self.execution.meta_loss(self.task_loss, self.learner.params(), batch, self.strategy)
         return loss, summarize(losses, outputs, batch.query_y)
 
     def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
-        ways = self._ways(batch)
-        strategy = resolve_strategy("ProtoNet", self.strategy, self.model, threads_ok=True)
-        workers = None
-        if strategy == "threads":  # tasks split over worker threads, each on its own module structure
-            cache = self.__dict__.setdefault("_thread_cache", {})
-            workers = [self._task_fn(ways, backward_once=True, learner=Learner(model))
-                       for model in module_copies(self.model, thread_workers(batch.batch_size), cache)]
-        losses, outputs = run_meta_backward(self._task_fn(ways, backward_once=True), self.learner.params(), batch,
-                                            strategy, workers, [p for p in self.parameters() if p.requires_grad])
+        batch = self._check_batch(batch)
+        extra = [p for p in self.parameters() if p.requires_grad]
+        losses, outputs = self.execution.meta_backward(self.task_loss, self.learner.params(), batch, self.strategy,
+                                                       extra)
         return summarize(losses, outputs, batch.query_y)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
@@ -115,16 +98,16 @@ class ProtoNet(MetaLearner):
         if int(support_y.min()) < 0 or missing:
             raise ValueError(f"ProtoNet.adapt: labels must cover 0..{ways - 1} with no gaps; missing {missing}")
         params = detach_tree(self.learner.params())
+        run = Run(self.learner)
         with torch.no_grad():
-            protos = prototypes(self._embed(params, support_x), support_y, ways)
-        return AdaptedPredictor(lambda x: -squared_distances(self._embed(params, x), protos))
+            protos = prototypes(self._embed(params, support_x, run), support_y, ways)
+        return AdaptedPredictor(lambda x: -squared_distances(self._embed(params, x, run), protos))
 
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
-        ways = self._ways(batch)
-        strategy = resolve_strategy("ProtoNet", self.strategy, self.model)
+        batch = self._check_batch(batch)
         params = detach_tree(self.learner.params())
         with torch.no_grad():
-            return run_predict(lambda m, sx, sy, qx, use_func: self.logits(m, sx, sy, qx, ways), params, batch, strategy)
+            return self.execution.predict(self.logits, params, batch, self.strategy)
 
     def extra_repr(self) -> str:
         return f"strategy={self.strategy!r}"

@@ -14,8 +14,8 @@ The outer update is not the gradient of any loss, so there is no ``meta_loss`` (
     theta.grad += theta - mean_i(phi_i)
 
 so that ``torch.optim.SGD(reptile.parameters(), lr=epsilon).step()`` performs exactly the update above
-(Adam or a schedule on the outer step also work, as in the paper's experiments). ``meta_step(batch,
-optimizer)`` does zero_grad, meta_backward and step in one call.
+(Adam or a schedule on the outer step also work, as in the paper's experiments); :class:`quickstudy.Trainer`
+does the zero_grad, meta_backward and step.
 
 Inner loop as implemented: a fresh optimizer per task (the paper's Adam, beta1 = 0 by default here, as in
 its few-shot runs); each step sees the whole inner data set unless ``inner_batch`` is set (the authors'
@@ -26,22 +26,22 @@ of ``eval_batch`` support examples (default: the whole support set).
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_number
-from ..models.fused_block import backward_once
 from ..models.learner import Learner
+from ..optim import OPTIMIZERS, build_optimizer
+from ..precision import uncached_autocast
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner, Predictor
-from .inner_loop import AdaptedPredictor, _all_finite, check_task, uncached_autocast
+from .base import AdaptedPredictor, MetaLearner, Predictor, all_finite, check_batch, check_task, unwrap_model
 from .losses import resolve_loss, summarize
 
 __all__ = ["Reptile"]
 
-INNER_OPTIMIZERS = ("sgd", "adam")
 INNER_DATA = ("support", "support+query")
 
 
@@ -66,23 +66,19 @@ class Reptile(MetaLearner):
         eval_batch: int | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(model, Learner):
-            model = model.module
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"Reptile: model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.learner = Learner(model)
+        self.model = unwrap_model("Reptile", model)
+        self.learner = Learner(self.model)
         self.inner_lr = check_number("Reptile", "inner_lr", inner_lr)
         self.inner_steps = check_int("Reptile", "inner_steps", inner_steps, minimum=1)
-        self.eval_steps = None if eval_steps is None else check_int("Reptile", "eval_steps", eval_steps, minimum=0)
-        self.inner_optimizer = check_choice("Reptile", "inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
+        self.eval_steps = check_int("Reptile", "eval_steps", eval_steps, minimum=0, allow_none=True)
+        self.inner_optimizer = check_choice("Reptile", "inner_optimizer", inner_optimizer, OPTIMIZERS)
         self.inner_data = check_choice("Reptile", "inner_data", inner_data, INNER_DATA)
         for name, beta in (("adam_beta1", adam_beta1), ("adam_beta2", adam_beta2)):
             if check_number("Reptile", name, beta, allow_zero=True) >= 1:
                 raise ValueError(f"Reptile: {name} must be in [0, 1), got {beta!r}")
         self.betas = (float(adam_beta1), float(adam_beta2))
-        self.inner_batch = None if inner_batch is None else check_int("Reptile", "inner_batch", inner_batch, minimum=1)
-        self.eval_batch = None if eval_batch is None else check_int("Reptile", "eval_batch", eval_batch, minimum=1)
+        self.inner_batch = check_int("Reptile", "inner_batch", inner_batch, allow_none=True)
+        self.eval_batch = check_int("Reptile", "eval_batch", eval_batch, allow_none=True)
         self.loss = loss
         self.loss_fn, self.task_type = resolve_loss("Reptile", loss, task_type)
 
@@ -92,18 +88,15 @@ class Reptile(MetaLearner):
         and the loss before each step."""
         phi = {k: v.detach().clone().requires_grad_(True) for k, v in self.learner.params().items()}
         tensors = list(phi.values())
-        if self.inner_optimizer == "sgd":
-            opt = torch.optim.SGD(tensors, lr=self.inner_lr)
-        else:
-            opt = torch.optim.Adam(tensors, lr=self.inner_lr, betas=self.betas)
+        opt = build_optimizer("Reptile", self.inner_optimizer, tensors, self.inner_lr, strict=False, betas=self.betas)
         losses = []
         batches = _mini_batches(len(x), batch_size, steps)
         # uncached: autocast would serve phi's first cast to every later step (phi is updated in place)
         with torch.enable_grad(), uncached_autocast():
             for index in batches:
                 xb, yb = (x, y) if index is None else (x[index.to(x.device)], y[index.to(y.device)])
-                with backward_once():  # each step's graph is backpropagated once: Conv4 may keep less
-                    loss = self.loss_fn(self.learner(phi, xb), yb)
+                # each step's graph is backpropagated once: the model's kernels may keep less for it
+                loss = self.loss_fn(self.learner(phi, xb, backward_once=True), yb)
                 for t, g in zip(tensors, torch.autograd.grad(loss, tensors, materialize_grads=True)):
                     t.grad = g
                 opt.step()
@@ -114,7 +107,7 @@ class Reptile(MetaLearner):
         raise NotImplementedError(
             "Reptile has no meta-loss: its outer update theta += eps * mean(phi - theta) is not the gradient of "
             "a loss. Use meta_backward(batch) (writes theta - mean(phi) into .grad) then optimizer.step(), "
-            "or meta_step(batch, optimizer)."
+            "(quickstudy.Trainer does both)."
         )
 
     def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
@@ -146,19 +139,17 @@ class Reptile(MetaLearner):
         return summarize(torch.stack(losses), torch.stack(outputs), batch.query_y)
 
     def meta_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """``optimizer.zero_grad(); meta_backward(batch); optimizer.step()``; returns the metrics."""
+        """Deprecated: ``optimizer.zero_grad(); meta_backward(batch); optimizer.step()`` (what the Trainer does)."""
+        warnings.warn("Reptile.meta_step is deprecated: call meta_backward(batch) then optimizer.step(), or train "
+                      "with quickstudy.Trainer", DeprecationWarning, stacklevel=2)
         optimizer.zero_grad()
         metrics = self.meta_backward(batch)
         optimizer.step()
         return metrics
 
     # ------------------------------------------------------------------ the shared interface
-    def _check_batch(self, batch: TaskBatch) -> None:
-        if not isinstance(batch, TaskBatch):
-            raise TypeError(f"Reptile: expected a TaskBatch, got {type(batch).__name__}")
-        if (self.task_type == "classification") != batch.is_classification:
-            kind = "classification" if batch.is_classification else "regression"
-            raise ValueError(f"Reptile is set up for {self.task_type} (loss={self.loss!r}) but got a {kind} batch")
+    def _check_batch(self, batch: TaskBatch) -> TaskBatch:
+        return check_batch("Reptile", batch, self.task_type, self.loss)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
         check_task("Reptile", support_x, support_y)
@@ -167,7 +158,7 @@ class Reptile(MetaLearner):
         else:
             check_int("Reptile.adapt", "steps", steps, minimum=0)
         phi, losses = self._inner(support_x, support_y, steps, self.eval_batch)
-        if not _all_finite(losses + list(phi.values())):
+        if not all_finite(losses + list(phi.values())):
             raise FloatingPointError(
                 f"Reptile.adapt: the support loss or the adapted weights became non-finite during {steps} steps "
                 f"(losses {[float(v) for v in losses]}); lower inner_lr={self.inner_lr} or check the inputs"

@@ -18,7 +18,8 @@ from .knowledge import KnowledgeBase, load_knowledge_base
 from .metafeatures import MetaFeatures, episode_features, extract_metafeatures
 from .portfolio import PORTFOLIO, Configuration, make_estimator
 from .recommend import (AverageRankRecommender, KNNRecommender, RegretPortfolioRecommender, StaticPortfolioRecommender,
-                        SurrogateRecommender, make_recommender)
+                        SurrogateRecommender)
+from .recommenders import RECOMMENDERS, make_recommender
 from .search import PruningCallback, run_search
 from .space import SearchSpace, load_search_config
 from .task_select import EpisodeSelector, embed_support
@@ -29,6 +30,6 @@ __all__ = [
     "extract_metafeatures", "MetaFeatures", "episode_features", "EpisodeSelector", "embed_support",
     "PORTFOLIO", "Configuration", "make_estimator", "KnowledgeBase", "load_knowledge_base",
     "KNNRecommender", "SurrogateRecommender", "AverageRankRecommender", "StaticPortfolioRecommender",
-    "RegretPortfolioRecommender", "ScenarioSearch", "make_recommender", "leave_one_out", "recommend_for_file",
+    "RegretPortfolioRecommender", "ScenarioSearch", "RECOMMENDERS", "make_recommender", "leave_one_out", "recommend_for_file",
     "recommend_for_arrays",
 ]

@@ -69,7 +69,7 @@ def recommend_for_arrays(X: np.ndarray, y: np.ndarray, top: int = 5, method: str
     from .knowledge import load_knowledge_base
     from .metafeatures import extract_metafeatures
     from .portfolio import get_configuration
-    from .recommend import make_recommender
+    from .recommenders import make_recommender
 
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")

@@ -65,7 +65,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the external meta-learning subcommands on the main parser."""
-    from .recommend import RECOMMENDERS  # numpy only: the recommenders import scikit-learn when fit
+    from .recommenders import RECOMMENDERS  # numpy only: the recommenders import scikit-learn when fit
     search = sub.add_parser(
         "search", help="search algorithms and hyperparameters of a meta-learner (Optuna TPE + pruning)",
         description="Samples the config's search: section with Optuna TPE, meta-trains each trial and scores it "

@@ -38,7 +38,8 @@ column is scaled to [0, 1] over the training data sets.
 * :class:`AverageRankRecommender`: the same order for every data set, by average rank over the
   training data sets; its first entry is the *single best default* configuration.
 
-``"scenario-search"`` in :data:`RECOMMENDERS` is :class:`quickstudy.automl.warm_search.ScenarioSearch`:
+The registry of names (``quickstudy recommend --method``) is :mod:`quickstudy.automl.recommenders`; its
+``"scenario-search"`` is :class:`quickstudy.automl.warm_search.ScenarioSearch`:
 the regret-portfolio prior used as a sequential search that re-weights its scenarios by the scores it
 observes. Every recommender has ``run(meta, evaluate, budget)``; for the static ones it evaluates the
 first ``budget`` entries of :meth:`rank`.
@@ -52,7 +53,7 @@ from .knowledge import KnowledgeBase
 
 __all__ = ["MetaFeatureScaler", "KNNRecommender", "SurrogateRecommender", "AverageRankRecommender",
            "StaticPortfolioRecommender", "RegretPortfolioRecommender", "greedy_portfolio", "greedy_best_of_n",
-           "normalized_scores", "RECOMMENDERS", "make_recommender"]
+           "normalized_scores"]
 
 
 def normalized_scores(scores: np.ndarray) -> np.ndarray:
@@ -297,25 +298,3 @@ class StaticPortfolioRecommender(_Base):
     def rank(self, meta: np.ndarray | None = None) -> list[tuple[int, float]]:
         mean = self.scores_.mean(0)
         return [(c, float(mean[c])) for c in self.order_]
-
-
-RECOMMENDERS = {"knn-mean": lambda: KNNRecommender(mode="mean"), "knn-best": lambda: KNNRecommender(mode="best"),
-                "knn-portfolio": lambda: KNNRecommender(mode="portfolio"), "surrogate": SurrogateRecommender,
-                "regret-portfolio": RegretPortfolioRecommender, "best-default": AverageRankRecommender,
-                "static-portfolio": StaticPortfolioRecommender}
-
-
-def _scenario_search():
-    from .warm_search import ScenarioSearch  # it builds on this module
-
-    return ScenarioSearch()
-
-
-RECOMMENDERS["scenario-search"] = _scenario_search
-
-
-def make_recommender(name: str):
-    """A fresh recommender by name (one of :data:`RECOMMENDERS`)."""
-    if name not in RECOMMENDERS:
-        raise ValueError(f"unknown recommender {name!r}; expected one of {', '.join(RECOMMENDERS)}")
-    return RECOMMENDERS[name]()

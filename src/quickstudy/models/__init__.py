@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from .batchnorm import BN_POLICIES, TaskBatchNorm, TaskBatchNorm2d, make_norm
-from .conv4 import Conv4
+from .conv4 import Conv4, conv4_sequential
 from .learner import Learner
 from .mlp import MLP
 from .resnet12 import ResNet12
@@ -19,6 +19,7 @@ from .resnet12 import ResNet12
 __all__ = [
     "BN_POLICIES",
     "Conv4",
+    "conv4_sequential",
     "Learner",
     "MLP",
     "MODELS",

@@ -2,11 +2,11 @@
 
 Why not ``nn.BatchNorm2d``: ``torch.func.vmap`` over a ``torch.func.grad`` inner loop with the native
 ``F.batch_norm`` in training mode returns *silently wrong* second-order gradients in torch 2.13 (relative
-error 0.4-8 %, also in float64; see "Pitfalls" in DESIGN.md and pytorch/functorch#534). The same layer
+error 0.4-8 %, also in float64; pytorch/functorch#534). The same layer
 written from primitive ops (``var_mean`` for the mean and biased variance, then one ``addcmul`` for the
 affine map) is exact under vmap. :class:`TaskBatchNorm` therefore takes the primitive form whenever its
 input is a ``torch.func`` tensor (inside vmap / ``torch.func.grad``), and the fused native kernel on plain
-tensors (the per-task loop and inference), where it is exact and 1-3x faster on CPU (``primitive=True``
+tensors (the per-task loop and inference), where it is exact and faster on CPU (``primitive=True``
 forces the primitive form everywhere). ``tests/test_models.py`` checks the primitive form against the native
 layer; ``tests/test_strategy.py`` checks vmap against the loop at second order in float64.
 
@@ -37,21 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batchnorm_grad import batch_norm_pool_train, batch_norm_train
-from .lean_pool import fits_choices, lean_max_pool2x2
+from ..kernels.batchnorm_grad import batch_norm_train
+from ..kernels.functorch import is_functorch_tensor as _under_functorch
 
 __all__ = ["BN_POLICIES", "TaskBatchNorm", "TaskBatchNorm2d", "make_norm"]
 
 BN_POLICIES = ("transductive", "running", "none")
-#: dtypes for which the plain-autograd path uses :func:`~.batchnorm_grad.batch_norm_train` (bfloat16: the
+#: dtypes for which the plain-autograd path uses :func:`~quickstudy.kernels.batch_norm_train` (bfloat16: the
 #: convolution outputs under autocast; its double backward then computes in float32, like the statistics)
 _LEAN_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
-
-
-def _under_functorch(x: Tensor) -> bool:
-    """True inside torch.func transforms (vmap, grad), where the native batch norm is not trusted."""
-    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return True if check is None else bool(check(x))
 
 
 def check_bn_policy(owner: str, policy: object) -> str:
@@ -113,24 +107,12 @@ class TaskBatchNorm(nn.Module):
                 f"got {tuple(x.shape)}"
             )
 
-    def _lean_train_applies(self, x: Tensor) -> bool:
-        # plain autograd (the per-task loop) with batch statistics: batchnorm_grad's double backward replaces
-        # torch's generic one (second-order MAML: a quarter of a Conv4 meta-step on CPU)
+    def lean_train_applies(self, x: Tensor) -> bool:
+        """Whether the forward pass runs :func:`~quickstudy.kernels.batch_norm_train`: plain autograd (the
+        per-task loop) with batch statistics, where its closed-form double backward replaces torch's generic
+        one (in second-order MAML that was a quarter of a Conv4 meta-step on CPU). ``primitive=True`` opts out."""
         return (not self.primitive and not _under_functorch(x) and (self.policy == "transductive" or self.training)
                 and self.affine and torch.is_grad_enabled() and x.dtype in _LEAN_DTYPES)
-
-    def forward_then_max_pool2x2(self, x: Tensor) -> Tensor:
-        """``F.max_pool2d(self(x), 2)``; where the lean training path applies, one op that keeps neither the
-        batch-norm output nor its full-size gradient (:func:`~.batchnorm_grad.batch_norm_pool_train`)."""
-        self._check_input(x)
-        if self._lean_train_applies(x) and fits_choices(x):
-            running = self.policy == "running"
-            return batch_norm_pool_train(x, self.weight, self.bias, self.running_mean if running else None,
-                                         self.running_var if running else None, self.momentum, self.eps)
-        y = self(x)
-        if y.requires_grad and torch.is_grad_enabled() and fits_choices(y):
-            return lean_max_pool2x2(y)  # e.g. running statistics in eval mode: still no copy of y kept
-        return F.max_pool2d(y, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -139,7 +121,7 @@ class TaskBatchNorm(nn.Module):
         if not self.primitive and not _under_functorch(x):
             # plain autograd (the per-task loop, inference): the fused native kernels are exact here and the
             # fastest
-            if self._lean_train_applies(x):
+            if self.lean_train_applies(x):
                 return batch_norm_train(x, self.weight, self.bias, self.running_mean if running else None,
                                         self.running_var if running else None, self.momentum, self.eps)
             return F.batch_norm(

@@ -13,39 +13,57 @@ Prototypical Networks or the fine-tune baseline.
 
 Batch norm follows ``batch_norm`` (see :mod:`quickstudy.models.batchnorm`): ``"transductive"``
 (default, MAML's setting), ``"running"`` or ``"none"``.
+
+``kernels`` is the model's one switch for speed (see :mod:`quickstudy.models.fast_path`): ``"auto"`` (all of
+quickstudy's CPU kernels where their pattern matches), ``"none"`` (the plain layers) or a list of kernel
+names. Values and derivatives are the plain layers' up to float rounding. ``forward(x, backward_once=True)``
+tells the model that the graph built will be backpropagated at most once (the meta-learners pass it for
+the query pass), so the fused batch norm -> max-pool -> ReLU may keep less for it.
+
+:func:`conv4_sequential` builds the same architecture as a plain ``nn.Sequential`` of standard torch layers
+(``nn.BatchNorm2d`` without running statistics): the network as a user writes it, and the one every
+library runs in ``bench/``.
 """
+
 
 from __future__ import annotations
 
-import torch
+from typing import Iterable
+
 from torch import Tensor, nn
 
 from .._validation import check_bool, check_int
-from .batchnorm import TaskBatchNorm, _under_functorch, check_bn_policy, make_norm
-from .fused_block import bn_pool_relu, fused_tail_applies
-from .gemm_conv import conv2d_as_gemm, gemm_conv_applies
-from .lean_pool import lean_max_pool2x2, lean_pool_applies
+from .batchnorm import check_bn_policy, make_norm
+from .fast_path import resolve_kernels, run_layers
 
-__all__ = ["Conv4"]
+__all__ = ["Conv4", "conv4_sequential"]
 
 
-#: set to False to keep Conv4's activations in the default (NCHW) layout on CPU
-CHANNELS_LAST_ON_CPU = True
-
-
-def _use_channels_last(x: Tensor) -> bool:
-    # plain CPU tensors only: inside torch.func transforms (vmap over tasks) the layout is left alone
-    return CHANNELS_LAST_ON_CPU and x.device.type == "cpu" and not _under_functorch(x)
-
-
-def fused_tail(x: Tensor, norm: nn.Module) -> Tensor:
-    running = norm.policy == "running"
-    return bn_pool_relu(x, norm.weight, norm.bias, norm.running_mean if running else None,
-                        norm.running_var if running else None, norm.momentum, norm.eps)
+def _blocks(in_channels: int, hidden: int, stride_variant: bool, image_size: int, norm,
+            relu_before_pool: bool) -> tuple[list[nn.Module], int]:
+    """The four conv blocks and the spatial size they leave."""
+    layers: list[nn.Module] = []
+    size, channels = image_size, in_channels
+    for _ in range(4):
+        if stride_variant:
+            layers += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1), norm(hidden), nn.ReLU()]
+            size = (size - 1) // 2 + 1
+        else:
+            conv = nn.Conv2d(channels, hidden, 3, padding=1)
+            # max-pool before ReLU: they commute exactly (ReLU is monotone, ties pick the same element), and
+            # pooling first quarters the ReLU's work; parameter names are the same in either order
+            tail = [nn.ReLU(), nn.MaxPool2d(2)] if relu_before_pool else [nn.MaxPool2d(2), nn.ReLU()]
+            layers += [conv, norm(hidden), *tail]
+            size = size // 2
+        channels = hidden
+    if size < 1:
+        raise ValueError(f"Conv4: image_size={image_size} is too small for four 2x down-samplings")
+    return layers, size
 
 
 class Conv4(nn.Module):
-    """``Conv4(in_channels=1, ways=5, hidden=64, stride_variant=False, image_size=28, batch_norm="transductive")``.
+    """``Conv4(in_channels=1, ways=5, hidden=64, stride_variant=False, image_size=28, batch_norm="transductive",
+    kernels="auto")``.
 
     Input ``[n, in_channels, image_size, image_size]``; output ``[n, ways]`` logits, or
     ``[n, feature_dim]`` features when ``ways=None``.
@@ -59,6 +77,7 @@ class Conv4(nn.Module):
         stride_variant: bool = False,
         image_size: int = 28,
         batch_norm: str = "transductive",
+        kernels: str | Iterable[str] = "auto",
     ) -> None:
         super().__init__()
         check_int("Conv4", "in_channels", in_channels)
@@ -70,66 +89,22 @@ class Conv4(nn.Module):
         check_bn_policy("Conv4", batch_norm)
         self.in_channels, self.ways, self.hidden = in_channels, ways, hidden
         self.stride_variant, self.image_size, self.batch_norm = stride_variant, image_size, batch_norm
-
-        layers: list[nn.Module] = []
-        size, channels = image_size, in_channels
-        for _ in range(4):
-            if stride_variant:
-                layers += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1), make_norm(batch_norm, hidden), nn.ReLU()]
-                size = (size - 1) // 2 + 1
-            else:
-                # max-pool before ReLU: they commute exactly (ReLU is monotone, ties pick the same element),
-                # and pooling first quarters the ReLU's work; parameter names are unchanged
-                layers += [nn.Conv2d(channels, hidden, 3, padding=1), make_norm(batch_norm, hidden), nn.MaxPool2d(2),
-                           nn.ReLU()]
-                size = size // 2
-            channels = hidden
-        if size < 1:
-            raise ValueError(f"Conv4: image_size={image_size} is too small for four 2x down-samplings")
+        #: the kernels this model runs where their pattern matches (quickstudy.models.fast_path)
+        self.kernels = resolve_kernels("Conv4", kernels)
+        layers, size = _blocks(in_channels, hidden, stride_variant, image_size,
+                               lambda width: make_norm(batch_norm, width), relu_before_pool=False)
         self.features = nn.Sequential(*layers)
         #: size of the features the head sees (and of the output when ``ways=None``)
         self.feature_dim = hidden if stride_variant else hidden * size * size
         self.head = nn.Linear(self.feature_dim, ways) if ways is not None else None
         self.out_features = ways if ways is not None else self.feature_dim
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, backward_once: bool = False) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"Conv4 expects images [batch, in_channels={self.in_channels}, H, W], got {tuple(x.shape)}"
             )
-        if _use_channels_last(x):
-            # channels_last on CPU: max-pool ~12x and batch norm ~4x faster than in NCHW (torch 2.13, 2 cores).
-            # A conv with 1-3 input channels (the first) runs as one matrix product, which is faster than
-            # oneDNN's kernel and returns channels_last directly (models/gemm_conv.py); any other conv output
-            # is converted (a no-op when it already is channels_last). Same values up to float rounding.
-            # Batch norm -> max-pool -> ReLU runs fused where the graph is differentiated at most once
-            # (models/fused_block.py): it keeps a third of the memory and is faster. Elsewhere (second-order
-            # inner loops) batch norm -> max-pool keeps neither the batch-norm output nor its full-size gradient
-            # (TaskBatchNorm.forward_then_max_pool2x2), a lone max-pool only its window choices (lean_pool.py).
-            layers = list(self.features)
-            i = 0
-            while i < len(layers):
-                layer = layers[i]
-                if gemm_conv_applies(layer):
-                    x = conv2d_as_gemm(x, layer.weight, layer.bias, layer.stride[0], layer.padding[0])
-                elif i + 3 <= len(layers) and fused_tail_applies(x, *layers[i:i + 3]):
-                    x = fused_tail(x, layers[i])
-                    i += 3
-                    continue
-                elif (x.requires_grad and torch.is_grad_enabled() and i + 2 <= len(layers)
-                      and isinstance(layer, TaskBatchNorm) and lean_pool_applies(x, layers[i + 1])):
-                    x = layer.forward_then_max_pool2x2(x)
-                    i += 2
-                    continue
-                elif x.requires_grad and torch.is_grad_enabled() and lean_pool_applies(x, layer):
-                    x = lean_max_pool2x2(x)
-                else:
-                    x = layer(x)
-                if isinstance(layer, nn.Conv2d):
-                    x = x.contiguous(memory_format=torch.channels_last)
-                i += 1
-        else:
-            x = self.features(x)
+        x = run_layers(self.features, x, self.kernels, backward_once)
         x = x.mean(dim=(2, 3)) if self.stride_variant else x.flatten(1)
         if x.shape[1] != self.feature_dim:
             raise ValueError(
@@ -137,3 +112,22 @@ class Conv4(nn.Module):
                 f"{x.shape[1]} features: pass image_size=<your image side>"
             )
         return self.head(x) if self.head is not None else x
+
+
+def conv4_sequential(in_channels: int = 1, ways: int | None = 5, hidden: int = 64, stride_variant: bool = False,
+                     image_size: int = 28) -> nn.Sequential:
+    """Conv4 as a user writes it: ``nn.Sequential`` of ``Conv2d``, ``BatchNorm2d(track_running_stats=False)``
+    (batch statistics in training and evaluation, as ``Conv4``'s transductive default), ``ReLU``, ``MaxPool2d``
+    (or the stride-2 variant with a global average pool), ``Flatten`` and a ``Linear`` head (none for
+    ``ways=None``)."""
+    check_int("conv4_sequential", "in_channels", in_channels)
+    check_int("conv4_sequential", "hidden", hidden)
+    layers, size = _blocks(in_channels, hidden, stride_variant, image_size,
+                           lambda width: nn.BatchNorm2d(width, track_running_stats=False), relu_before_pool=True)
+    if stride_variant:
+        layers.append(nn.AdaptiveAvgPool2d(1))
+    layers.append(nn.Flatten())
+    if ways is not None:
+        features = hidden if stride_variant else hidden * size * size
+        layers.append(nn.Linear(features, check_int("conv4_sequential", "ways", ways)))
+    return nn.Sequential(*layers)

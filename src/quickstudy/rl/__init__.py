@@ -7,7 +7,7 @@ of environments (2D navigation built in; HalfCheetah-Vel/Dir and Meta-World as o
 from .baseline import fit_linear_baseline
 from .config import RLConfig, is_rl_config, load_rl_config
 from .evaluate import AdaptationResult, evaluate_adaptation
-from .experiment import build_rl, evaluate_rl_run, load_rl_run, meta_iteration, train_rl
+from .experiment import RLUpdate, build_rl, evaluate_rl_run, load_rl_run, meta_iteration, train_rl
 from .families import (FAMILIES, Navigation2D, Navigation2DEnv, Navigation2DVecEnv, TaskFamily, VecEnv, make_family,
                        register_family)
 from .maml_rl import MAMLRL, adapt_params, pg_loss
@@ -22,5 +22,5 @@ __all__ = [
     "Navigation2DVecEnv", "Episodes", "rollout", "process_episodes", "discounted_returns", "gae",
     "fit_linear_baseline", "conjugate_gradient", "backtracking_line_search", "AdaptationResult",
     "evaluate_adaptation", "RLConfig", "load_rl_config", "is_rl_config", "build_rl", "meta_iteration", "train_rl",
-    "load_rl_run", "evaluate_rl_run",
+    "load_rl_run", "evaluate_rl_run", "RLUpdate",
 ]

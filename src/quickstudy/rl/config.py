@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from ..config import ConfigError, _format_errors, _Strict, read_raw
@@ -114,18 +113,12 @@ class RLConfig(_Strict):
 
 def is_rl_config(path: str | Path | None) -> bool:
     """Whether ``path`` is an RL config (a YAML mapping with ``kind: rl``) or a run folder holding one."""
-    if path is None:
-        return False
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.yaml"
-    if not path.is_file():
-        return False
+    from ..tasks.kinds import kind_of
+
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        return path is not None and kind_of(path).name == "rl"
+    except ValueError:  # an unknown kind: not RL
         return False
-    return isinstance(raw, dict) and raw.get("kind") == "rl"
 
 
 def load_rl_config(path: str | Path | None = None, overrides: list[str] | None = None,

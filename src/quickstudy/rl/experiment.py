@@ -1,32 +1,33 @@
-"""From an RL config to a trained run folder, its evaluation and its report (the stateful shell).
+"""From an RL config to a trained run folder and its evaluation, on the shared Trainer.
 
-A run folder holds::
+A meta-iteration (sample a meta-batch of tasks, roll out, adapt, roll out again, take the TRPO/PPO outer step)
+is the Trainer's *update* (:class:`RLUpdate`); the Trainer runs the loop, the progress bar, the logs, the time
+limit and the checkpoints, as for every task kind. A run folder holds::
 
     config.yaml     the resolved config (every default written out)
-    metrics.csv     one row per meta-iteration: return before/after adaptation, KL, surrogate gain, ...
-    last.pt         checkpoint (weights-only loadable): policy, optimizer, generator state, history
+    metrics.csv     one row per meta-iteration (``step``): return before/after adaptation, KL, surrogate gain, ...
+    last.pt         the Trainer's checkpoint (weights-only loadable): policy, PPO optimizer, generator state, history
     eval.json       the last evaluation: return after 0..max_steps adaptation steps, mean and 95% CI
 
-``train_rl(..., resume=True)`` continues from ``last.pt`` and draws exactly the numbers an uninterrupted run
-would have drawn (one seeded ``torch.Generator`` drives task sampling and action noise).
+Resuming continues from ``last.pt`` and draws exactly the numbers an uninterrupted run would have drawn (one
+seeded ``torch.Generator`` drives task sampling and action noise; its state is in the checkpoint). What RL does
+not share with the supervised kinds: there is no ``meta_backward``/optimizer step (the TRPO step is a line
+search), and no validation episodes (held-out tasks are scored by ``quickstudy eval``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .._atomic import atomic_write_text
-from ..experiment import open_run_dir
-from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..training.logging import CSVLogger, read_csv
+from ..training.checkpoint import load_checkpoint
+from ..training.logging import read_csv
 from .config import RLConfig, load_rl_config
 from .evaluate import evaluate_adaptation
 from .families import make_family
@@ -35,13 +36,11 @@ from .maml_rl import MAMLRL
 from .policies import CategoricalMLPPolicy, GaussianMLPPolicy
 from .rollout import process_episodes, rollout
 
-__all__ = ["RL_COLUMNS", "build_rl", "meta_iteration", "train_rl", "load_rl_run", "evaluate_rl_run"]
+__all__ = ["RL_COLUMNS", "RLUpdate", "build_rl", "meta_iteration", "train_rl", "load_rl_run", "evaluate_rl_run"]
 
-RL_FORMAT, RL_VERSION = "quickstudy.rl.checkpoint", 1
-
-#: Columns of an RL run's ``metrics.csv``.
-RL_COLUMNS = ("iteration", "pre_return", "post_return", "pre_success", "post_success", "surrogate_gain", "kl",
-              "ls_steps", "env_steps", "iter_seconds", "elapsed")
+#: Columns of an RL run's ``metrics.csv`` (``step`` = meta-iterations done; ``env_steps`` of that iteration).
+RL_COLUMNS = ("step", "split", "pre_return", "post_return", "pre_success", "post_success", "surrogate_gain", "kl",
+              "ls_steps", "env_steps", "tasks_per_s", "elapsed")
 
 
 def build_rl(config: RLConfig) -> tuple[TaskFamily, MAMLRL]:
@@ -83,70 +82,52 @@ def meta_iteration(learner: MAMLRL, family: TaskFamily, config: RLConfig, genera
             "env_steps": sum(b.env_steps() for b in trains) + valid.env_steps()}
 
 
-def _save(path: Path, learner: MAMLRL, generator: torch.Generator, iteration: int, elapsed: float,
-          history: list[dict], env_steps: int) -> None:
-    save_checkpoint(path, {"format": RL_FORMAT, "version": RL_VERSION, "iteration": iteration,
-                           "learner": learner.state_dict(), "generator": generator.get_state(), "elapsed": elapsed,
-                           "env_steps": env_steps, "history": history, "torch_version": str(torch.__version__)})
+class RLUpdate:
+    """One meta-iteration as the Trainer's update (see the module docstring): ``update(index, None)`` samples its
+    tasks from the run's generator, so the generator's state, the environment steps so far and the PPO optimizer
+    are its state."""
 
+    lr = None  # the TRPO step has no learning rate (PPO's is fixed)
 
-def _load_state(path: Path) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    if state.get("format") != RL_FORMAT:
-        raise ValueError(f"checkpoint {str(path)!r} is not an RL checkpoint (format {state.get('format')!r})")
-    return state
+    def __init__(self, learner: MAMLRL, family: TaskFamily, config: RLConfig, generator: torch.Generator) -> None:
+        self.learner, self.family, self.config, self.generator = learner, family, config, generator
+        self.env_steps = 0
+
+    def __call__(self, index: int, batch: Any) -> dict[str, float]:
+        row = meta_iteration(self.learner, self.family, self.config, self.generator)
+        self.env_steps += int(row["env_steps"])
+        metrics = {k: float(v) for k, v in row.items() if v is not None}
+        metrics["loss"] = -metrics["post_return"]  # what the outer step improves, for the Trainer's checks
+        metrics["tasks"] = self.config.train.meta_batch
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        optimizer = self.learner.optimizer
+        return {"optimizer": None if optimizer is None else optimizer.state_dict(), "scheduler": None,
+                "generator": self.generator.get_state(), "env_steps": self.env_steps}
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        if "generator" not in state:
+            raise ValueError(f"{source} is not a checkpoint of an RL run (no generator state)")
+        if self.learner.optimizer is not None and state.get("optimizer") is not None:
+            self.learner.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.env_steps = int(state.get("env_steps", 0))
 
 
 def train_rl(config_path: str | os.PathLike | None, overrides: list[str] | None = None,
              out: str | os.PathLike | None = None, resume: bool = False, iterations: int | None = None,
              progress: bool = True, time_limit: float | None = None, raw: dict | None = None) -> Path:
-    """Meta-train (or, with ``resume=True``, continue) an RL run; returns the run folder.
+    """Meta-train (or, with ``resume=True``, continue) an RL run; returns the run folder
+    (:func:`quickstudy.runs.train_run` for an RL config).
 
     ``time_limit`` (seconds of training, across resumes; default ``train.time_limit`` minutes) stops early
     with a checkpoint."""
-    extra = [f"train.iterations={iterations}"] if iterations is not None else []
-    config, run_dir = open_run_dir(load_rl_config, config_path, list(overrides or []) + extra, raw, out, resume,
-                                   extra)
-    if not resume:
-        for stale in ("metrics.csv", "last.pt", "eval.json"):
-            (run_dir / stale).unlink(missing_ok=True)
-    family, learner = build_rl(config)
-    generator = torch.Generator().manual_seed(config.seed)
-    start, elapsed, history, env_steps = 0, 0.0, [], 0
-    logger = CSVLogger(run_dir / "metrics.csv", RL_COLUMNS)
-    if resume and (run_dir / "last.pt").is_file():
-        state = _load_state(run_dir / "last.pt")
-        learner.load_state_dict(state["learner"])
-        generator.set_state(state["generator"])
-        start, elapsed = int(state["iteration"]), float(state["elapsed"])
-        history, env_steps = list(state["history"]), int(state.get("env_steps", 0))
-        logger.rewrite(history)  # drop rows logged after the checkpoint
-    if time_limit is None and config.train.time_limit is not None:
-        time_limit = config.train.time_limit * 60
-    total = config.train.iterations
-    bar = tqdm(total=total, initial=start, desc=config.name, disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    iteration = start
-    try:
-        while iteration < total and (time_limit is None or elapsed < time_limit):
-            t0 = time.perf_counter()
-            row = meta_iteration(learner, family, config, generator)
-            seconds = time.perf_counter() - t0
-            iteration += 1
-            elapsed += seconds
-            env_steps += row["env_steps"]
-            row.update(iteration=iteration, env_steps=env_steps, iter_seconds=seconds, elapsed=elapsed)
-            history.append(row)
-            if iteration % config.train.log_every == 0 or iteration == total:
-                logger.log(row)
-            bar.update(1)
-            bar.set_postfix(pre=f"{row['pre_return']:.2f}", post=f"{row['post_return']:.2f}", kl=f"{row['kl']:.4f}")
-            if iteration % config.train.checkpoint_every == 0:
-                _save(run_dir / "last.pt", learner, generator, iteration, elapsed, history, env_steps)
-    finally:
-        bar.close()
-        logger.close()
-    _save(run_dir / "last.pt", learner, generator, iteration, elapsed, history, env_steps)
-    return run_dir
+    from ..runs import train_run
+
+    raw = dict(raw, kind="rl") if raw is not None else ({"kind": "rl"} if config_path is None and not resume else None)
+    return train_run(config_path, overrides=overrides, out=out, resume=resume, steps=iterations, progress=progress,
+                     raw=raw, time_limit=time_limit)
 
 
 def load_rl_run(run_dir: str | os.PathLike) -> tuple[RLConfig, TaskFamily, MAMLRL, dict[str, Any] | None]:
@@ -158,8 +139,11 @@ def load_rl_run(run_dir: str | os.PathLike) -> tuple[RLConfig, TaskFamily, MAMLR
     family, learner = build_rl(config)
     state = None
     if (run_dir / "last.pt").is_file():
-        state = _load_state(run_dir / "last.pt")
-        learner.load_state_dict(state["learner"])
+        state = load_checkpoint(run_dir / "last.pt")
+        if "model" not in state or "generator" not in (state.get("update") or {}):
+            raise ValueError(f"checkpoint {str(run_dir / 'last.pt')!r} is not an RL checkpoint of this quickstudy "
+                             "version: retrain the run")
+        learner.policy.load_state_dict(state["model"])
     elif config.train.iterations > 0:
         raise FileNotFoundError(f"no checkpoint in {str(run_dir)!r} (looked for last.pt)")
     return config, family, learner, state
@@ -170,7 +154,7 @@ def evaluate_rl_run(run_dir: str | os.PathLike, tasks: int | None = None, seed: 
                     out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Return after 0..``eval.max_steps`` adaptation steps on held-out tasks; writes and returns ``eval.json``
     (or ``out``). ``overrides`` (``eval.*`` keys, e.g. ``eval.inner_lr=[0.1,0.05]``) apply to this evaluation."""
-    from ..experiment import machine_info
+    from ..runs import machine_info
 
     run_dir = Path(run_dir)
     config, family, learner, state = load_rl_run(run_dir)
@@ -200,8 +184,8 @@ def evaluate_rl_run(run_dir: str | os.PathLike, tasks: int | None = None, seed: 
         result.update(success=headline.success, success_ci95=headline.success_ci95)
     result["seconds"] = time.perf_counter() - start
     if state is not None:
-        result.update(trained_iterations=int(state["iteration"]), train_seconds=float(state["elapsed"]),
-                      env_steps=int(state.get("env_steps", 0)))
+        result.update(trained_iterations=int(state["step"]), train_seconds=float(state["elapsed"]),
+                      env_steps=int(state["update"].get("env_steps", 0)))
     result["configured_iterations"] = config.train.iterations
     refs = config.reference if isinstance(config.reference, list) else [config.reference] if config.reference else []
     result["reference"] = [r.model_dump() for r in refs] or None

@@ -54,10 +54,10 @@ def make_rl_report(run_dir: str | Path) -> list[Path]:
         result = json.loads((run_dir / "eval.json").read_text())
     name = config.get("name", run_dir.name)
     written: list[Path] = []
-    rows = [r for r in rows if isinstance(r.get("iteration"), float) and isinstance(r.get("pre_return"), float)]
+    rows = [r for r in rows if isinstance(r.get("step"), int) and isinstance(r.get("pre_return"), float)]
     if rows:
         fig, ax = _figure()
-        iters = [r["iteration"] for r in rows]
+        iters = [r["step"] for r in rows]
         ax.plot(iters, [r["pre_return"] for r in rows], label="before adaptation", linewidth=1.2)
         ax.plot(iters, [r["post_return"] for r in rows], label="after adaptation", linewidth=1.2)
         written.append(_finish(fig, ax, run_dir / "return_vs_iteration.png", "meta-iteration", "mean return",
@@ -79,8 +79,9 @@ def make_rl_report(run_dir: str | Path) -> list[Path]:
         lines += [f"Protocol: {config['protocol']}", ""]
     if rows:
         last = rows[-1]
-        lines += ["## Training", "", f"- meta-iterations: {int(last['iteration'])}",
-                  f"- training time: {last['elapsed'] / 60:.1f} min", f"- environment steps: {int(last['env_steps'])}",
+        env_steps = sum(r.get("env_steps") or 0 for r in rows)  # rows hold each iteration's steps (log_every=1)
+        lines += ["## Training", "", f"- meta-iterations: {int(last['step'])}",
+                  f"- training time: {last['elapsed'] / 60:.1f} min", f"- environment steps: {int(env_steps)}",
                   f"- last return before / after adaptation: {last['pre_return']:.2f} / {last['post_return']:.2f}", ""]
     if result is not None:
         lines += ["## Evaluation", "", "| adaptation steps | return (mean ± 95% CI) |", "|---|---|"]

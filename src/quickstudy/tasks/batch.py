@@ -33,12 +33,15 @@ __all__ = ["TaskBatch", "Task"]
 
 @dataclass(frozen=True)
 class Task:
-    """One task of a :class:`TaskBatch` (the leading batch dimension removed)."""
+    """One task of a :class:`TaskBatch` (the leading batch dimension removed), with the batch's ``ways`` and
+    ``shots``."""
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    ways: int | None = None
+    shots: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,18 +137,22 @@ class TaskBatch:
 
     def task(self, index: int) -> Task:
         """The ``index``-th task, without the batch dimension."""
-        return Task(self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index])
+        return Task(self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index], self.ways,
+                    self.shots)
 
     def __iter__(self) -> Iterator[Task]:
         return (self.task(i) for i in range(self.batch_size))
 
     def _map(self, fn) -> "TaskBatch":
-        changes = {}
-        for name in self._tensor_fields:
-            value = getattr(self, name)
-            if value is not None:
-                changes[name] = fn(value)
-        return replace(self, **changes)
+        """The same batch with ``fn`` applied to every tensor. Shapes, dtypes and labels are unchanged, so the
+        result is not validated again (that would read the labels back: host syncs on every move to a GPU)."""
+        mapped = object.__new__(TaskBatch)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in self._tensor_fields and value is not None:
+                value = fn(value)
+            object.__setattr__(mapped, f.name, value)
+        return mapped
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TaskBatch":
         """Move every tensor to ``device`` (``non_blocking`` pays off from pinned memory)."""

@@ -161,7 +161,7 @@ class EpisodeSampler(IndexedTasks):
         num_classes = self._counts.numel()
         batch = self.batch_size
         # N distinct classes per episode, in random order (the order is the label): the N largest
-        # of i.i.d. uniform keys, which topk finds in linear time (a full argsort is 4x slower).
+        # of i.i.d. uniform keys, which topk finds in linear time (a full argsort sorts all of them).
         classes = torch.rand(batch, num_classes, generator=gen).topk(ways, dim=1).indices
         # K+Q distinct examples per class: random keys, classes with fewer examples mask the tail.
         keys = torch.rand(batch, ways, self._max_count, generator=gen)

@@ -1,16 +1,22 @@
 """Training: the meta-training loop, evaluation with confidence intervals, checkpoints, logs, reports."""
 
+from .callbacks import Callback, History, MetricsLogger, ProgressBar, TimeLimit
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .evaluate import EvalResult, evaluate, evaluate_regression_steps
 from .logging import CSV_COLUMNS, CSVLogger, TensorBoardLogger, read_csv
 from .metrics import confusion_matrix, macro_prf, macro_prf_from_confusion, mean_ci95
 from .report import make_report
-from .trainer import Callback, History, NonFiniteLossError, Trainer, seed_everything
+from .trainer import Trainer, seed_everything
+from .update import GradientUpdate, NonFiniteLossError
 
 __all__ = [
     "Trainer",
     "History",
     "Callback",
+    "TimeLimit",
+    "ProgressBar",
+    "MetricsLogger",
+    "GradientUpdate",
     "NonFiniteLossError",
     "seed_everything",
     "evaluate",

@@ -32,6 +32,9 @@ import torch
 from .._atomic import atomic_write
 
 __all__ = [
+    "trainer_state",
+    "load_trainer_state",
+    "resume_settings",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "save_checkpoint",
@@ -163,3 +166,88 @@ def set_rng_state(state: dict[str, Any]) -> None:
         cuda_states = [s.cpu() for s in state["cuda"]]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+# --------------------------------------------------------------------------- trainer state
+def trainer_state(trainer) -> dict[str, Any]:
+    """Everything needed to continue ``trainer``'s run exactly: weights, the update's state (optimizer and
+    schedule), step, best, RNG states, history, the logging window, and the trainer's settings."""
+    learner_cls = type(trainer.learner)
+    update = trainer.update.state_dict()
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": trainer.step,
+        "model": trainer.learner.state_dict(),
+        # a GradientUpdate's optimizer and schedule sit at the top level, as in checkpoints before updates existed
+        "optimizer": update.get("optimizer"),
+        "scheduler": update.get("scheduler"),
+        "update": {k: v for k, v in update.items() if k not in ("optimizer", "scheduler")},
+        "best": None if trainer.best is None else dict(trainer.best),
+        "rng": get_rng_state(),
+        "history": [dict(r) for r in trainer.history.rows],
+        "window": trainer.window.state(),
+        "last_val_step": trainer.last_val_step,
+        "elapsed": trainer.elapsed,
+        "trainer": trainer.config(),
+        "learner_class": f"{learner_cls.__module__}.{learner_cls.__qualname__}",
+        "torch_version": str(torch.__version__),
+    }
+    return state
+
+
+def load_trainer_state(trainer, state: dict[str, Any], source: str = "checkpoint") -> None:
+    """Restore ``trainer`` from :func:`trainer_state`'s dict (``source`` names it in error messages)."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{source} is not a quickstudy trainer checkpoint (format={state.get('format')!r})")
+    missing = [k for k in ("step", "model", "optimizer", "scheduler", "rng", "history") if k not in state]
+    if missing:
+        raise ValueError(f"{source} lacks {missing}: it is not a complete trainer checkpoint")
+    step = int(state["step"])
+    if step > trainer.steps:
+        raise ValueError(f"{source} is at step {step}, beyond this Trainer's steps={trainer.steps}")
+    try:
+        trainer.learner.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{source} does not fit {type(trainer.learner).__name__}: {error}") from error
+    update = dict(state.get("update") or {})
+    update.update(optimizer=state["optimizer"], scheduler=state["scheduler"])
+    trainer.update.load_state_dict(update, source=source)
+    trainer.step = step
+    trainer.best = None if state.get("best") is None else dict(state["best"])
+    trainer.history = type(trainer.history)(state["history"], trainer.best)
+    trainer.window = type(trainer.window)()
+    if state.get("window") is not None:
+        trainer.window.load(state["window"])
+    trainer.last_val_step = state.get("last_val_step")
+    trainer.elapsed = float(state.get("elapsed", 0.0))
+    set_rng_state(state["rng"])
+
+
+def resume_settings(out: str | os.PathLike, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """``(checkpoint path, trainer settings, checkpoint)`` to rebuild a Trainer from the checkpoint ``out/last.pt`` (or ``out``
+    itself, a ``.pt`` file), with ``overrides`` applied; ``device`` is the caller's choice, not the run's."""
+    path = Path(out)
+    if path.is_dir() or not path.suffix:
+        run_dir, path = path, path / "last.pt"
+    else:
+        run_dir = path.parent
+    state = load_checkpoint(path)
+    config = state.get("trainer")
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds no trainer settings; build the Trainer yourself and call "
+                         "restore()")
+    config = dict(config)
+    if config.get("optimizer") is None and "optimizer" not in overrides:
+        raise ValueError(f"checkpoint {str(path)!r} was trained with a custom optimizer: pass optimizer=... to "
+                         "Trainer.resume")
+    if config.get("schedule") == "<custom>" and "schedule" not in overrides:
+        raise ValueError(f"checkpoint {str(path)!r} was trained with a custom schedule: pass schedule=... to "
+                         "Trainer.resume")
+    if config.get("optimizer_kwargs") is None and "optimizer_kwargs" not in overrides:
+        raise ValueError(f"checkpoint {str(path)!r} used optimizer_kwargs that could not be saved: pass "
+                         "optimizer_kwargs=...")
+    config.pop("device", None)
+    config.update(overrides)
+    config.setdefault("out", run_dir)
+    return path, config, state

@@ -8,17 +8,17 @@ spaces: goals of a point robot, target velocities of a cheetah, Meta-World manip
 masked by the rollout (its later rewards are ignored).
 
 To add a family, implement the four members below (a plain class is enough: this is a ``Protocol``) and
-register a factory with :func:`register_family` so configs can name it.
+register a factory with :func:`quickstudy.rl.register_family` (:mod:`.registry`) so configs can name it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["TaskFamily", "VecEnv", "FAMILIES", "register_family", "make_family", "missing_extra"]
+__all__ = ["TaskFamily", "VecEnv", "missing_extra", "seeds_from"]
 
 
 @runtime_checkable
@@ -53,24 +53,6 @@ class TaskFamily(Protocol):
 
     def make_env(self, tasks: Sequence[Any], episodes: int) -> VecEnv:
         """A vectorized env running ``episodes`` episodes of each task in ``tasks``."""
-
-
-FAMILIES: dict[str, Callable[..., TaskFamily]] = {}
-
-
-def register_family(name: str, factory: Callable[..., TaskFamily]) -> None:
-    """Make ``factory(**kwargs)`` available as ``env.name: <name>`` in RL configs."""
-    FAMILIES[name] = factory
-
-
-def make_family(name: str, **kwargs: Any) -> TaskFamily:
-    """The task family registered as ``name`` (``navigation2d``, ``halfcheetah-vel``, ``halfcheetah-dir``,
-    ``metaworld-ml1``, ``metaworld-ml10``, ``metaworld-ml45`` or one you registered)."""
-    from . import _register_builtin  # noqa: F401  (fills FAMILIES)
-
-    if name not in FAMILIES:
-        raise ValueError(f"unknown task family {name!r}; expected one of: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name](**kwargs)
 
 
 def missing_extra(package: str, extra: str, what: str) -> ImportError:

@@ -2,7 +2,7 @@ r"""Training-mode batch norm with the native kernels forward and backward and a 
 
 Second-order MAML differentiates the inner-loop gradient, so it runs batch norm's *double backward*.
 torch 2.13 computes it with a generic composite of about twenty full-size tensor ops; on Conv4 with 5-way
-5-shot support sets it was a quarter of a meta-step on CPU (profile: 15 ms per call on [25, 64, 28, 28]).
+5-shot support sets it was a quarter of a meta-step on CPU (docs/bench/measurements.md).
 Here it is written out per channel, so that it costs a handful of full-size passes and three reductions.
 
 Notation, per channel, over the ``M`` values of the batch and spatial dimensions: ``s = 1/sqrt(var + eps)``,

@@ -4,12 +4,11 @@ For the first layer of an image backbone (1 channel for Omniglot, 3 for RGB) a `
 a product with a tiny inner dimension ``K = C_in * k * k`` (9 or 27): ``out[m, :] = cols[m, :] @ W^T + b``
 over the ``M = N * H_out * W_out`` output positions, where row ``m`` of ``cols`` holds the input patch
 under position ``m`` (im2col). oneDNN's kernels for such layers are slow on CPU, and their output comes
-back in NCHW, so a channels-last backbone pays a transposing copy forward and another one backward.
-Measured on one core (torch 2.13, 75 Omniglot images, 3x3 to 64 channels, forward + weight gradient):
-8 ms as a matrix product against 20-27 ms for ``F.conv2d`` plus the layout copies.
+back in NCHW, so a channels-last backbone pays a transposing copy forward and another one backward
+(the measurement is in docs/bench/measurements.md).
 
 The product is written with ``W^T`` materialised row-major on purpose: autograd's gradient of a
-column-major right operand is ``(g^T @ cols)^T``, a [64 x 58800] by [58800 x 9] product that runs 7x
+column-major right operand is ``(g^T @ cols)^T``, a [64 x 58800] by [58800 x 9] product that runs several times
 slower here than the ``cols^T @ g`` it computes for a row-major one.
 
 Every step is a differentiable torch op, so gradients of any order (MAML's second order) come from
@@ -20,28 +19,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["GEMM_MAX_INNER", "gemm_conv_applies", "conv2d_as_gemm"]
+__all__ = ["GEMM_MAX_INNER", "conv2d_as_gemm", "gemm_applies"]
 
 #: largest ``C_in * k * k`` for which the first layer runs as a matrix product (3-channel 3x3 = 27)
 GEMM_MAX_INNER = 32
 
 
-def gemm_conv_applies(conv: nn.Module) -> bool:
-    """True for an ``nn.Conv2d`` that :func:`conv2d_as_gemm` computes: few input channels, square kernel,
-    equal strides and paddings, no dilation, groups or non-zero padding mode."""
-    return (
-        isinstance(conv, nn.Conv2d)
-        and conv.groups == 1
-        and conv.dilation == (1, 1)
-        and conv.padding_mode == "zeros"
-        and isinstance(conv.padding, tuple)
-        and conv.kernel_size[0] == conv.kernel_size[1]
-        and conv.stride[0] == conv.stride[1]
-        and conv.padding[0] == conv.padding[1]
-        and conv.in_channels * conv.kernel_size[0] ** 2 <= GEMM_MAX_INNER
-    )
+def gemm_applies(in_channels: int, kernel_size: int) -> bool:
+    """Whether a square ``kernel_size`` convolution over ``in_channels`` channels is worth a matrix product."""
+    return in_channels * kernel_size ** 2 <= GEMM_MAX_INNER
 
 
 def conv2d_as_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Tensor:

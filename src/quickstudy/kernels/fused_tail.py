@@ -18,9 +18,10 @@ window's maximum and applies batch norm's gradient through the batch statistics,
 
 in two passes over ``x``, which is also faster than the three native kernels (forward and backward).
 The backward is ``once_differentiable``: differentiating it again raises an error instead of being
-wrong. Conv4 uses it inside :func:`backward_once` (the MAML family sets it around the query pass, and
-around the inner loop when first order) and without autograd (evaluation), on float32 or bfloat16
-channels-last CPU tensors; elsewhere (second-order inner loops, ``torch.func``, CUDA) the composite path.
+wrong, so a model may call it only where its caller promises to backpropagate once (``backward_once=True``
+in :meth:`quickstudy.models.Conv4.forward`, which the MAML family passes for the query pass, and for the
+inner loop when first order) or where no graph is built (evaluation). It takes float32 or bfloat16
+channels-last CPU tensors (:func:`supports`).
 A bfloat16 ``x`` (the convolution outputs under CPU autocast) gives a bfloat16 output and input gradient;
 the statistics, the weight's gradients and all arithmetic are float32, as in torch's bfloat16 batch norm,
 and the output is the float result rounded once, which is what batch norm -> max-pool -> ReLU in bfloat16
@@ -32,41 +33,20 @@ composite path is used, with one warning.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import warnings
-from typing import Iterator
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["FUSED_BLOCKS_ON_CPU", "backward_once", "bn_pool_relu", "fused_tail_applies"]
+from .functorch import is_functorch_tensor
 
-#: set to False to run Conv4's batch norm, max-pool and ReLU as three separate (native) ops everywhere
-FUSED_BLOCKS_ON_CPU = True
+__all__ = ["available", "bn_pool_relu", "supports"]
 
-_STATE = threading.local()
 _LOAD_LOCK = threading.Lock()
 _OPS: object | None = None
 _UNAVAILABLE: str | None = None
-
-
-@contextlib.contextmanager
-def backward_once() -> Iterator[None]:
-    """Within this context (this thread), the autograd graph being built will be backpropagated at most
-    once and without ``create_graph``: modules may keep less for it. A second derivative through such a
-    graph raises an error."""
-    previous = getattr(_STATE, "active", False)
-    _STATE.active = True
-    try:
-        yield
-    finally:
-        _STATE.active = previous
-
-
-def backward_once_active() -> bool:
-    return getattr(_STATE, "active", False)
 
 
 def _ops():
@@ -76,7 +56,7 @@ def _ops():
         return _OPS
     with _LOAD_LOCK:
         if _OPS is None and _UNAVAILABLE is None:
-            from ..native import CompilerNotFoundError, build_library, source_path
+            from .native import CompilerNotFoundError, build_library, source_path
 
             try:
                 path = build_library(source_path("bn_pool_relu.cpp"), libraries=["torch_cpu", "c10"],
@@ -123,26 +103,14 @@ def bn_pool_relu(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor |
     return _BnPoolRelu.apply(x, weight.contiguous(), bias.contiguous(), running_mean, running_var, momentum, eps)
 
 
-def _is_2x2_pool(pool: nn.Module) -> bool:
-    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
-    return (type(pool) is nn.MaxPool2d and pair(pool.kernel_size) == (2, 2)
-            and pair(pool.stride if pool.stride is not None else pool.kernel_size) == (2, 2)
-            and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
-            and not pool.ceil_mode and not pool.return_indices)
+def supports(x: Tensor) -> bool:
+    """Whether :func:`bn_pool_relu` takes ``x``: a plain (not ``torch.func``-wrapped) float32 or bfloat16
+    channels-last CPU tensor of at least 2 x 2, with the kernel built."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4
+            and x.shape[2] >= 2 and x.shape[3] >= 2 and x.is_contiguous(memory_format=torch.channels_last)
+            and not is_functorch_tensor(x) and available())
 
 
-def fused_tail_applies(x: Tensor, norm: nn.Module, pool: nn.Module, relu: nn.Module) -> bool:
-    """Whether ``relu(pool(norm(x)))`` may run as :func:`bn_pool_relu` here: batch statistics, an affine
-    ``TaskBatchNorm2d``, a 2x2 max-pool, a float32 or bfloat16 channels-last CPU ``x`` of at least 2x2, and either no
-    autograd or a graph inside :func:`backward_once`."""
-    from .batchnorm import TaskBatchNorm2d, _under_functorch
-
-    if not (FUSED_BLOCKS_ON_CPU and type(relu) is nn.ReLU and isinstance(norm, TaskBatchNorm2d) and norm.affine
-            and not norm.primitive and (norm.policy == "transductive" or norm.training) and _is_2x2_pool(pool)):
-        return False
-    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4 and x.shape[2] >= 2
-            and x.shape[3] >= 2 and x.is_contiguous(memory_format=torch.channels_last)):
-        return False
-    if torch.is_grad_enabled() and not backward_once_active():
-        return False
-    return not _under_functorch(x) and _ops() is not None
+def available() -> bool:
+    """Whether the kernel is built (it is compiled on first call; without a compiler, one warning)."""
+    return _ops() is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .data.paths import cache_dir
+from ..data.paths import cache_dir
 
 __all__ = ["CompilerNotFoundError", "build_library", "compiler", "source_path"]
 

@@ -19,33 +19,18 @@ kernels (``max_pool2d_with_indices`` and its backward).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["LEAN_POOL_ON_CPU", "fits_choices", "gather_at_choices", "input_layout", "lean_max_pool2x2",
-           "lean_pool_applies", "max_pool2x2_with_choices", "scatter_to_choices"]
-
-#: set to False to use torch's max-pool (which keeps its input) in Conv4 everywhere
-LEAN_POOL_ON_CPU = True
+__all__ = ["fits_choices", "gather_at_choices", "input_layout", "lean_max_pool2x2", "max_pool2x2_with_choices",
+           "scatter_to_choices"]
 
 _INT16_MAX = 32767
-
-
-def lean_pool_applies(x: Tensor, layer: nn.Module) -> bool:
-    """Whether ``layer`` is a plain 2x2, stride-2 max-pool that :func:`lean_max_pool2x2` computes exactly for
-    ``x`` (a 4-D CPU tensor whose ``H x W`` plane fits int16 positions)."""
-    return (LEAN_POOL_ON_CPU and isinstance(layer, nn.MaxPool2d) and _pair(layer.kernel_size) == (2, 2)
-            and _pair(layer.stride) == (2, 2) and _pair(layer.padding) == (0, 0) and _pair(layer.dilation) == (1, 1)
-            and not layer.ceil_mode and not layer.return_indices and fits_choices(x))
 
 
 def fits_choices(x: Tensor) -> bool:
     """Whether ``x`` is a 4-D CPU tensor whose ``H x W`` plane (at least 2 x 2) int16 positions can index."""
     return x.device.type == "cpu" and x.dim() == 4 and x.shape[2] >= 2 and x.shape[3] >= 2 \
         and x.shape[2] * x.shape[3] <= _INT16_MAX
-
-
-def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def lean_max_pool2x2(x: Tensor) -> Tensor:
