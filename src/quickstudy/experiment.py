@@ -303,3 +303,16 @@ def adapt_folders(run_dir: str | os.PathLike, support: str | os.PathLike, query:
     confidence, label = probabilities.max(dim=-1)
     return [{"file": str(f), "label": support_set.classes[int(k)], "probability": round(float(p), 6)}
             for f, k, p in zip(files, label, confidence)]
+
+
+def __getattr__(name: str):
+    # run-folder helpers moved to quickstudy.runs (shared by every task kind)
+    if name in ("open_run_dir", "choose_threads"):
+        import warnings
+
+        from . import runs
+
+        warnings.warn(f"quickstudy.experiment.{name} has moved to quickstudy.runs.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(runs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
