@@ -220,3 +220,16 @@ def test_postgresql_without_its_driver_names_the_extra(search_file, tmp_path, ca
     url = "postgresql://someone@127.0.0.1:5432/db"
     assert main(["search", str(search_file), "--trials", "1", "--storage", url, "--out", str(tmp_path)]) == 2
     assert "PostgreSQL needs the psycopg driver: pip install 'quickstudy[automl]'" in capsys.readouterr().err
+
+
+def test_a_trial_trains_again_to_the_same_validation_curve(search_file, tmp_path):
+    """What a search reproduces, whatever the workers did: each trial's own training, from its config.yaml."""
+    from quickstudy.experiment import train_run
+
+    out = tmp_path / "out"
+    assert main(["search", str(search_file), "--trials", "1", "--out", str(out), "--quiet"]) == 0
+    trial = json.loads((out / "search.json").read_text())["trials_detail"][0]
+    again = train_run(Path(trial["run_dir"]) / "config.yaml", out=tmp_path / "again", progress=False)
+    rows = [line.split(",") for line in (again / "metrics.csv").read_text().splitlines()[1:]]
+    curve = {row[0]: float(row[2]) for row in rows if row[1] == "val"}
+    assert curve == trial["curve"]  # bit for bit (same thread count)

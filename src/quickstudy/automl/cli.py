@@ -20,7 +20,7 @@ def require_extra(command: str, *modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise ValueError(f"{command} needs {', '.join(missing)}: pip install 'quickstudy[automl]' "
-                         "(Optuna, scikit-learn, pandas, pymfe)")
+                         "(Optuna, scikit-learn, pandas, pymfe, psycopg)")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -134,7 +134,7 @@ def _objective(space: SearchSpace, base: dict, out: Path):
         values = sample_overrides(space, base, lambda key, param: _suggest(trial, key, param))
         raw = _trial_config(base, values, f"{base.get('name', 'experiment')}-trial{trial.number:04d}")
         config, resolved = load_config(raw=raw)
-        run_dir = claim_run_dir(out / "trials", trial.number)
+        run_dir = claim_run_dir((out / "trials").resolve(), trial.number)  # absolute: workers start in other folders
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", worker_label())
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
