@@ -132,6 +132,22 @@ def test_worker_killed_mid_trial_leaves_the_postgres_study_usable(search_file, t
     assert rows[retried[0].number]["run_dir"] != rows[killed.number]["run_dir"]
 
 
+def test_worker_killed_mid_trial_leaves_a_journal_study_usable(search_file, tmp_path):
+    """Optuna's journal storage has no heartbeat: the killed worker's trial stays RUNNING, and the next
+    worker goes on around it; the trial is reported as RUNNING and never as the best."""
+    out, url = tmp_path / "out", f"journal:{tmp_path / 'study.journal'}"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal")))
+    doomed = _worker(search_file, url, out, 1, 1, "train.steps=1000000")
+    killed = _wait_for_running_trial(storage, doomed)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=60)
+
+    summary = _finish(_worker(search_file, url, out, 2, 2))
+    assert summary["states"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 0, "RUNNING": 1, "WAITING": 0}
+    assert summary["best_trial"] != killed.number and summary["heartbeat_s"] is None
+    assert (out / "best.yaml").exists()
+
+
 def test_failed_and_pruned_trials_are_recorded(tmp_path, monkeypatch, capsys):
     """Enqueued trials (Optuna's own way to ask for given values): two good ones, one that diverges to a
     huge but finite loss (pruned at its first validation), one whose loss is NaN and one that raises a
