@@ -187,6 +187,29 @@ def test_failed_and_pruned_trials_are_recorded(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in captured.err
 
 
+def test_a_worker_whose_trial_was_failed_by_another_says_why(search_file, tmp_path, monkeypatch, capsys):
+    """A worker cut off from the database past the grace period finds its trial failed by another worker's
+    heartbeat check when it reports the result: a one-line error naming --heartbeat, not a traceback."""
+    import quickstudy.experiment as experiment
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    build_learner = experiment.build_learner
+
+    def build_while_another_worker_fails_the_trial(config, sources):
+        storage = optuna.storages.RDBStorage(url)
+        running = [t for t in optuna.load_study(study_name="workers", storage=storage).trials
+                   if t.state.name == "RUNNING"]
+        storage.set_trial_state_values(running[0]._trial_id, optuna.trial.TrialState.FAIL)
+        return build_learner(config, sources)
+
+    monkeypatch.setattr(experiment, "build_learner", build_while_another_worker_fails_the_trial)
+    assert main(["search", str(search_file), "--trials", "1", "--storage", url, "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "another worker marked this worker's running trial failed" in err and "--heartbeat" in err
+    assert err.count("\n") == 1
+
+
 def test_a_new_study_in_a_used_output_folder_overwrites_no_run_folder(search_file, tmp_path):
     out = tmp_path / "out"
     run_dirs = []

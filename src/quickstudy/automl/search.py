@@ -298,6 +298,12 @@ def run_search(config: str | os.PathLike, trials: int, out: str | os.PathLike | 
             # Runtime errors belong to the trial (a NaN loss, memory, a shape): FAIL it and go on.
             study.optimize(_objective(space, base, out), n_trials=trials, timeout=timeout, callbacks=[on_trial],
                            catch=(NonFiniteLossError, RuntimeError, MemoryError))
+    except ValueError as error:
+        if str(error).startswith("Cannot tell a FAIL trial"):  # Optuna's words when the heartbeat check won
+            raise ValueError("another worker marked this worker's running trial failed: its heartbeats did not "
+                             f"reach {opened.url} for 2 x {opened.heartbeat} s (was the database out of reach?); "
+                             "the trial's result is lost; give a larger --heartbeat") from None
+        raise
     finally:
         bar.close()
     with warnings.catch_warnings():  # a trial whose worker died is failed (and queued again) before the summary
