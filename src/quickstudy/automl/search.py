@@ -301,8 +301,9 @@ def run_search(config: str | os.PathLike, trials: int, out: str | os.PathLike | 
     except ValueError as error:
         if str(error).startswith("Cannot tell a FAIL trial"):  # Optuna's words when the heartbeat check won
             raise ValueError("another worker marked this worker's running trial failed: its heartbeats did not "
-                             f"reach {opened.url} for 2 x {opened.heartbeat} s (was the database out of reach?); "
-                             "the trial's result is lost; give a larger --heartbeat") from None
+                             f"reach {opened.url} in time (the database out of reach? workers with different "
+                             "--heartbeat?); the trial's result is lost; give every worker one, larger --heartbeat"
+                             ) from None
         raise
     finally:
         bar.close()
