@@ -163,7 +163,7 @@ def open_storage(url: str, heartbeat: int | None = 60) -> StudyStorage:
 
     ``heartbeat``: seconds between a running trial's heartbeats on database storages (0 or ``None``: no
     heartbeat, so a killed worker's trial stays RUNNING)."""
-    heartbeat = check_int("", "--heartbeat", heartbeat, minimum=0, allow_none=True) or None
+    heartbeat = check_int("", "--heartbeat", 0 if heartbeat is None else heartbeat, minimum=0) or None
     if url.startswith("journal:"):
         return StudyStorage(_journal_storage(url), url, "journal", None)
     storage = _rdb_storage(url, heartbeat)
