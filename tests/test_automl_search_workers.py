@@ -47,12 +47,27 @@ def search_file(tmp_path):
     return path
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test():
+    """A test that fails early must not leave a worker training (one of them trains for a million steps)."""
+    yield
+    while _STARTED:
+        worker = _STARTED.pop()
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+
 def _worker(config: Path, storage: str, out: Path, seed: int, trials: int, *extra: str) -> subprocess.Popen:
     """``python -m quickstudy search`` in a process of its own, importing the code under test."""
     env = {**os.environ, "QUICKSTUDY_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
     command = [sys.executable, "-m", "quickstudy", "search", str(config), *extra, "--trials", str(trials),
                "--storage", storage, "--out", str(out), "--seed", str(seed), "--json"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _STARTED.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    return _STARTED[-1]
 
 
 def _finish(worker: subprocess.Popen) -> dict:
