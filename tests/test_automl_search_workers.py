@@ -76,6 +76,14 @@ def _finish(worker: subprocess.Popen) -> dict:
     return json.loads(stdout)
 
 
+def _search_here(capsys, config: Path, storage: str, out: Path, seed: int, trials: int, *extra: str) -> dict:
+    """A worker in this process (the one that carries on after a kill: no second start-up to wait for)."""
+    capsys.readouterr()
+    assert main(["search", str(config), *extra, "--trials", str(trials), "--storage", storage, "--out", str(out),
+                 "--seed", str(seed), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def _check_shared_study(storage, out: Path, expected: int) -> None:
     """``expected`` trials, all complete, each with its own number and its own run folder."""
     trials = optuna.load_study(study_name="workers", storage=storage).trials
@@ -123,7 +131,8 @@ def _wait_for_running_trial(storage: str, worker: subprocess.Popen, deadline_s: 
     raise AssertionError("the first worker never reported a validation")
 
 
-def test_worker_killed_mid_trial_leaves_the_postgres_study_usable(search_file, tmp_path, postgres_url):  # noqa: F811
+def test_worker_killed_mid_trial_leaves_the_postgres_study_usable(search_file, tmp_path, postgres_url,  # noqa: F811
+                                                                   capsys):
     out = tmp_path / "out"
     # The first worker's trial would train for a long time; it is killed after its first validation.
     doomed = _worker(search_file, postgres_url, out, 1, 1, "train.steps=1000000", "--heartbeat", "1")
@@ -133,7 +142,7 @@ def test_worker_killed_mid_trial_leaves_the_postgres_study_usable(search_file, t
     assert optuna.load_study(study_name="workers", storage=postgres_url).trials[killed.number].state.name == "RUNNING"
     time.sleep(3)  # past the grace period (2 x 1 s) since the killed worker's last heartbeat
 
-    summary = _finish(_worker(search_file, postgres_url, out, 2, 2, "--heartbeat", "1"))
+    summary = _search_here(capsys, search_file, postgres_url, out, 2, 2, "--heartbeat", "1")
     trials = optuna.load_study(study_name="workers", storage=postgres_url).trials
     assert trials[killed.number].state.name == "FAIL"  # failed by the heartbeat check, not left RUNNING
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
@@ -147,7 +156,7 @@ def test_worker_killed_mid_trial_leaves_the_postgres_study_usable(search_file, t
     assert rows[retried[0].number]["run_dir"] != rows[killed.number]["run_dir"]
 
 
-def test_worker_killed_mid_trial_leaves_a_journal_study_usable(search_file, tmp_path):
+def test_worker_killed_mid_trial_leaves_a_journal_study_usable(search_file, tmp_path, capsys):
     """Optuna's journal storage has no heartbeat: the killed worker's trial stays RUNNING, and the next
     worker goes on around it; the trial is reported as RUNNING and never as the best."""
     out, url = tmp_path / "out", f"journal:{tmp_path / 'study.journal'}"
@@ -157,7 +166,7 @@ def test_worker_killed_mid_trial_leaves_a_journal_study_usable(search_file, tmp_
     doomed.send_signal(signal.SIGKILL)
     doomed.communicate(timeout=60)
 
-    summary = _finish(_worker(search_file, url, out, 2, 2))
+    summary = _search_here(capsys, search_file, url, out, 2, 2)
     assert summary["states"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 0, "RUNNING": 1, "WAITING": 0}
     assert summary["best_trial"] != killed.number and summary["heartbeat_s"] is None
     assert (out / "best.yaml").exists()
