@@ -197,11 +197,12 @@ def plot_search(rows: list[dict[str, Any]], path: Path, direction: str, metric: 
     for row in rows:
         if row["curve"]:
             steps = [int(s) for s in row["curve"]]
-            pruned = row["state"] == "PRUNED"
-            right.plot(steps, list(row["curve"].values()), linestyle="--" if pruned else "-", marker=".",
-                       color="tab:red" if pruned else "tab:blue", alpha=0.6)
+            # complete: solid; pruned: dashed; failed or still running (a killed worker's trial): dotted
+            linestyle, color = {"COMPLETE": ("-", "tab:blue"), "PRUNED": ("--", "tab:red")}.get(
+                row["state"], (":", "tab:gray"))
+            right.plot(steps, list(row["curve"].values()), linestyle=linestyle, marker=".", color=color, alpha=0.6)
     right.set(xlabel="meta-training step", ylabel=f"validation {metric}",
-              title="Validation curves (dashed: pruned)")
+              title="Validation curves (dashed: pruned; dotted: failed, running)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.tight_layout()
