@@ -20,7 +20,7 @@ def require_extra(command: str, *modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise ValueError(f"{command} needs {', '.join(missing)}: pip install 'quickstudy[automl]' "
-                         "(Optuna, scikit-learn, pandas, pymfe)")
+                         "(Optuna, scikit-learn, pandas, pymfe, psycopg)")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -29,7 +29,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     timeout = args.timeout * 60 if args.timeout is not None else None
     summary = run_search(args.config, trials=args.trials, out=args.out, storage=args.storage, seed=args.seed,
-                         overrides=list(args.overrides), timeout=timeout, progress=not (args.json or args.quiet))
+                         overrides=list(args.overrides), timeout=timeout, progress=not (args.json or args.quiet),
+                         heartbeat=args.heartbeat)
     if args.json:
         _print_json(summary)
         return 0
@@ -71,12 +72,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Samples the config's search: section with Optuna TPE, meta-trains each trial and scores it "
                     "on the fixed meta-validation episodes; trials falling behind at a validation are pruned. "
                     "Writes best.yaml (ready for quickstudy train), search.json and search.png into --out. "
-                    "Several workers share one study through --storage (same URL, same config).")
+                    "Several workers, on one or many machines, share one study through --storage (same URL, "
+                    "same config, each its own --seed); see docs/distributed.md.")
     search.add_argument("config", help="experiment config with a search: section (see configs/search/)")
     search.add_argument("overrides", nargs="*", help="key.path=value overrides of the base config")
-    search.add_argument("--trials", type=int, required=True, help="trials this worker runs")
+    search.add_argument("--trials", type=int, required=True,
+                        help="trials this worker runs (0: only write best.yaml, search.json, search.png from the "
+                             "study as it is)")
     search.add_argument("--storage", default=None, metavar="URL",
-                        help="Optuna storage URL shared by workers (default sqlite:///OUT/study.db)")
+                        help="where the study lives, shared by workers: sqlite:///PATH (default OUT/study.db), "
+                             "postgresql://USER@HOST/DB (workers on many machines), another SQLAlchemy "
+                             "database URL, or journal:PATH (a file on a shared file system)")
+    search.add_argument("--heartbeat", type=int, default=60, metavar="SEC",
+                        help="database storages: a running trial's heartbeat interval; a trial silent for "
+                             "2*SEC (its worker killed) is failed and run again once (default 60; 0: off)")
     search.add_argument("--out", default=None, help="output folder (default runs/search/<config name>)")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (give each worker its own)")
     search.add_argument("--timeout", type=float, default=None, metavar="MIN", help="stop starting trials after MIN minutes")
