@@ -24,10 +24,11 @@ import inspect
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .optim import OPTIMIZERS, SCHEDULES
+from .safe_yaml import YAMLInputError
+from .safe_yaml import load as load_yaml
 
 __all__ = ["ExperimentConfig", "ConfigError", "load_config", "apply_overrides", "check_kwargs"]
 
@@ -81,7 +82,7 @@ class ComponentConfig(BaseModel):
 
 
 class TrainConfig(_Strict):
-    steps: int = Field(1000, ge=0)
+    steps: int = Field(1000, ge=1)
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal[tuple(OPTIMIZERS)] = "adam"  # the registry's names (quickstudy.optim)
     weight_decay: float = Field(0.0, ge=0)
@@ -159,14 +160,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = load_yaml(value, f"override {item!r}")
+        except YAMLInputError as error:
+            raise ConfigError(str(error)) from None
     return raw
 
 
 def read_raw(path: str | Path | None, overrides: list[str] | None, raw: dict | None,
              default: dict | None = None) -> tuple[Any, str]:
     """The YAML at ``path`` (or ``raw``, or ``default`` when neither is given) with ``key=value`` overrides
-    applied, and the name to report errors under. Shared by every config kind (supervised, meta-RL, search)."""
+    applied, and the name to report errors under. Shared by every config kind (supervised, meta-RL, search).
+
+    The file is read with :func:`quickstudy.safe_yaml.load` (no alias bombs, no duplicate keys); an empty file is
+    an error, not a config of defaults."""
     source = str(path) if path is not None else "config"
     if raw is None:
         if path is None:
@@ -176,9 +183,13 @@ def read_raw(path: str | Path | None, overrides: list[str] | None, raw: dict | N
             if not path.is_file():
                 raise FileNotFoundError(f"config file {str(path)!r} does not exist")
             try:
-                raw = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as error:
-                raise ConfigError(f"{source}: not valid YAML: {error}") from None
+                raw = load_yaml(path.read_text(encoding="utf-8"), source)
+            except (YAMLInputError, UnicodeDecodeError) as error:
+                detail = str(error) if isinstance(error, YAMLInputError) else f"{source}: not a text file ({error})"
+                raise ConfigError(detail) from None
+            if raw is None:
+                raise ConfigError(f"{source} is empty: a config is a YAML mapping of sections, e.g. "
+                                  "'train: {steps: 100}' (see configs/)")
     return apply_overrides(raw, overrides or []), source
 
 

@@ -71,7 +71,7 @@ class AlgorithmConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    iterations: int = Field(500, ge=0)
+    iterations: int = Field(500, ge=1)
     meta_batch: int = Field(20, ge=1)
     episodes_per_task: int = Field(20, ge=1)
     time_limit: float | None = Field(None, gt=0)  # minutes of training; stops early and checkpoints

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .._atomic import atomic_write_text
+from ..safe_yaml import load as load_yaml
 from ..training.logging import read_csv
 
 __all__ = ["make_rl_report"]
@@ -47,7 +48,7 @@ def make_rl_report(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = load_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
     rows = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
     result: dict[str, Any] | None = None
     if (run_dir / "eval.json").is_file():

@@ -8,14 +8,15 @@ implements::
     NAME: str
     STEPS_KEY: str                                   # the dotted config key that --steps overrides
     load_config(path=None, overrides=None, raw=None) -> (config, resolved dict)
-    train(config, run_dir, *, resume, progress, time_limit) -> None      # with the shared Trainer
+    train(config, run_dir, *, resume, progress, time_limit, callbacks) -> None   # the shared Trainer, callbacks=
+    RESULT_FILES: tuple[str, ...]                    # optional: result files removed when a run is overwritten
     evaluate(run_dir, *, episodes, checkpoint, progress, overrides) -> dict   # writes run_dir/eval.json
     format_eval(result) -> str
     report(run_dir) -> list[Path]
 
 Everything else (run folders, the Trainer, checkpoints, callbacks, reports, the CLI) is shared. Modules are
 imported on first use, so a kind whose extra is not installed costs nothing until it is named. This module
-imports nothing of quickstudy's: registering a kind never makes an import cycle.
+imports nothing of quickstudy's but the YAML reader (a leaf): registering a kind never makes an import cycle.
 """
 
 from __future__ import annotations
@@ -79,15 +80,15 @@ def kind_of(config: str | Path | dict | None) -> TaskKind:
     ``episodes``."""
     source = "config"
     if isinstance(config, (str, Path)):
-        import yaml
+        from ..safe_yaml import load as load_yaml
 
         path = Path(config)
         if path.is_dir():
             path = path / "config.yaml"
         source = str(path)
-        try:
-            config = yaml.safe_load(path.read_text()) if path.is_file() else None
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        try:  # the same bounded reader as the kinds' loaders: an alias bomb is refused there, not expanded here
+            config = load_yaml(path.read_text(encoding="utf-8"), source) if path.is_file() else None
+        except (ValueError, OSError):  # invalid YAML, a refused one, unreadable: the kind's loader says why
             config = None
     name = config.get("kind", DEFAULT_KIND) if isinstance(config, dict) else DEFAULT_KIND
     return get_kind(name, source)
