@@ -105,3 +105,77 @@ def test_unloadable_objects_are_refused_before_writing(tmp_path):
     # a str subclass (torch.__version__ is one) would be refused by weights_only loading as well
     with pytest.raises(TypeError, match="TorchVersion"):
         save_checkpoint(tmp_path / "last.pt", {"torch_version": torch.__version__})
+
+
+# --------------------------------------------------------------------------- content checksums
+def flip_a_bit_of(path, tensor: torch.Tensor) -> None:
+    """Flip one bit inside ``tensor``'s stored bytes in the checkpoint file (the file stays loadable)."""
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(tensor.numpy().tobytes()[-64:])
+    assert at > 0, "the tensor's bytes are stored as they are"
+    data[at + 5] ^= 0x08
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_weight_is_refused_naming_the_file(tmp_path):
+    weight = torch.linspace(-1, 1, 4096)
+    path = save_checkpoint(tmp_path / "last.pt", {"step": 1, "model": {"w": weight}})
+    flip_a_bit_of(path, weight)
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], weight)  # torch alone sees nothing
+    with pytest.raises(ValueError, match=r"last\.pt.*checksum"):
+        load_checkpoint(path)
+
+
+def test_a_value_altered_through_torch_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "best.pt", {"step": 1, "model": {"w": torch.ones(3)}})
+    state = torch.load(path, weights_only=True)
+    state["step"] = 999
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"best\.pt.*altered"):
+        load_checkpoint(path)
+
+
+def test_the_checksum_is_checked_then_dropped(tmp_path):
+    state = {"step": 1, "model": {"w": torch.ones(3, dtype=torch.bfloat16)}, "size": torch.Size([2]), "x": 1.5e-300}
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "c.pt", state))
+    assert set(loaded) == set(state)
+
+
+def test_checkpoints_without_a_checksum_still_load(tmp_path):
+    path = tmp_path / "old.pt"  # written before checkpoints carried a checksum
+    torch.save({"format": "quickstudy.checkpoint", "version": 1, "step": 2, "model": {"w": torch.ones(2)}}, path)
+    assert load_checkpoint(path)["step"] == 2
+
+
+def test_the_previous_checkpoint_is_kept_and_offered(tmp_path):
+    weight = torch.linspace(-1, 1, 4096)
+    save_checkpoint(tmp_path / "best.pt", {"step": 1, "model": {"w": weight}})
+    save_checkpoint(tmp_path / "last.pt", {"step": 1, "model": {"w": weight}}, keep_previous=True)
+    save_checkpoint(tmp_path / "last.pt", {"step": 2, "model": {"w": weight + 1}}, keep_previous=True)
+    assert load_checkpoint(tmp_path / "last.prev.pt")["step"] == 1
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    flip_a_bit_of(tmp_path / "last.pt", weight + 1)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(tmp_path / "last.pt")
+    message = str(info.value)
+    assert "best.pt (step 1)" in message and "last.prev.pt (step 1)" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.prev.pt", "last.pt"]
+
+
+def test_a_trainer_refuses_to_resume_from_a_damaged_checkpoint(tmp_path):
+    from quickstudy import Trainer
+    from quickstudy.algorithms import ProtoNet
+    from quickstudy.models import MLP
+    from _toy import class_batch
+
+    def learner():
+        torch.manual_seed(0)
+        return ProtoNet(MLP(in_features=2, out_features=4, hidden=[8]).double())
+
+    tasks = [class_batch(seed=i) for i in range(4)]
+    Trainer(learner(), tasks, steps=4, out=tmp_path, checkpoint_every=2, progress=False, val_every=None).fit()
+    assert load_checkpoint(tmp_path / "last.prev.pt")["step"] == 2
+    weight = load_checkpoint(tmp_path / "last.pt")["model"]["model.head.weight"]
+    flip_a_bit_of(tmp_path / "last.pt", weight)
+    with pytest.raises(ValueError, match=r"last\.pt.*last\.prev\.pt \(step 2\)"):
+        Trainer.resume(tmp_path, learner(), tasks)

@@ -1,6 +1,7 @@
 """Training: the meta-training loop, evaluation with confidence intervals, checkpoints, logs, reports."""
 
-from .callbacks import Callback, History, MetricsLogger, ProgressBar, TimeLimit
+from .callbacks import (Callback, DivergenceError, DivergenceMonitor, DivergenceWarning, History, MetricsLogger,
+                        ProgressBar, TimeLimit)
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .evaluate import EvalResult, evaluate, evaluate_regression_steps
 from .logging import CSV_COLUMNS, CSVLogger, TensorBoardLogger, read_csv
@@ -16,6 +17,9 @@ __all__ = [
     "TimeLimit",
     "ProgressBar",
     "MetricsLogger",
+    "DivergenceMonitor",
+    "DivergenceWarning",
+    "DivergenceError",
     "GradientUpdate",
     "NonFiniteLossError",
     "seed_everything",

@@ -8,22 +8,28 @@ A callback is any object with some of these methods (subclass :class:`Callback` 
 
 Set ``trainer.should_stop = True`` to end training after the current step (validated and checkpointed).
 The trainer adds :class:`ProgressBar` and :class:`MetricsLogger` itself (on the process that logs, in a
-distributed run), and :class:`TimeLimit` for a time budget.
+distributed run) and :class:`DivergenceMonitor` (unless one is given); :class:`TimeLimit` for a time budget.
 """
 
 from __future__ import annotations
 
+import math
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+import torch
+
+from .._validation import check_bool, check_int, check_number
 from .logging import CSV_COLUMNS, CSVLogger, TensorBoardLogger
 
 if TYPE_CHECKING:  # pragma: no cover
     from .evaluate import EvalResult
     from .trainer import Trainer
 
-__all__ = ["Callback", "History", "RunningWindow", "TimeLimit", "ProgressBar", "MetricsLogger"]
+__all__ = ["Callback", "History", "RunningWindow", "TimeLimit", "ProgressBar", "MetricsLogger", "DivergenceMonitor",
+           "DivergenceWarning", "DivergenceError"]
 
 
 class Callback:
@@ -209,3 +215,105 @@ class MetricsLogger(Callback):
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Training is diverging (or not learning) while every number is still finite; see :class:`DivergenceMonitor`."""
+
+
+class DivergenceError(ValueError):
+    """Raised by ``DivergenceMonitor(strict=True)``; ``step`` is the step the problem was seen at."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class DivergenceMonitor(Callback):
+    """Reports, naming the step, training that goes wrong while staying finite (a NaN or an infinity already
+    stops the trainer):
+
+    * the training loss above ``loss_factor`` times the run's first loss;
+    * the norm of the trainable weights above ``weight_factor`` times its value when ``fit`` started (checked every
+      ``every`` steps and at the last);
+    * validation accuracy at chance (the 95% CI reaches 1/ways) after warm-up: from ``warmup`` (a fraction of the
+      steps) on, and never at the run's first validation.
+
+    Each problem is reported once per ``fit``, as a :class:`DivergenceWarning`; ``strict=True`` raises
+    :class:`DivergenceError` instead, which ends the run (``last.pt`` keeps the checkpoint before it).
+    """
+
+    def __init__(self, strict: bool = False, loss_factor: float = 100.0, weight_factor: float = 100.0,
+                 warmup: float = 0.1, every: int = 10):
+        self.strict = check_bool("DivergenceMonitor", "strict", strict)
+        self.loss_factor = check_number("DivergenceMonitor", "loss_factor", loss_factor)
+        self.weight_factor = check_number("DivergenceMonitor", "weight_factor", weight_factor)
+        self.warmup = check_number("DivergenceMonitor", "warmup", warmup, allow_zero=True)
+        self.every = check_int("DivergenceMonitor", "every", every)
+        self.reported: set[str] = set()
+        self.reference_loss: float | None = None
+        self.reference_norm = 0.0
+        self.validations = 0
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self.reported = set()
+        first = next((r.get("loss") for r in trainer.history.rows if r.get("split") == "train"), None)
+        self.reference_loss = float(first) if first is not None and math.isfinite(first) else None
+        self.reference_norm = _weight_norm(trainer.learner)
+        self.validations = sum(1 for r in trainer.history.rows if r.get("split") == "val")
+
+    def on_step_end(self, trainer: "Trainer", step: int, metrics: dict[str, float]) -> None:
+        loss = metrics.get("loss")
+        if loss is not None and math.isfinite(loss):
+            reference = self.reference_loss
+            if reference is None:
+                self.reference_loss = loss
+            elif reference > 0 and loss > self.loss_factor * reference:
+                self._report("loss", step, f"the training loss ({loss:.3g}) is {loss / reference:.2g} times its "
+                             f"starting value ({reference:.3g}) while still finite: training is diverging; lower the "
+                             "learning rate (train.lr) or clip the gradient (train.grad_clip)")
+        if step % self.every == 0 or step == trainer.steps:
+            norm = _weight_norm(trainer.learner)
+            if self.reference_norm > 0 and math.isfinite(norm) and norm > self.weight_factor * self.reference_norm:
+                self._report("weights", step, f"the weights' norm ({norm:.3g}) is {norm / self.reference_norm:.2g} "
+                             f"times its starting value ({self.reference_norm:.3g}): training is diverging; lower "
+                             "the learning rate (train.lr) or clip the gradient (train.grad_clip)")
+
+    def on_validation_end(self, trainer: "Trainer", step: int, result: "EvalResult") -> None:
+        self.validations += 1
+        if getattr(result, "metric", None) != "accuracy" or self.validations == 1 or step < self.warmup * trainer.steps:
+            return
+        ways = _ways(trainer.val_tasks)
+        if not ways or ways < 2:
+            return
+        chance = 1.0 / ways
+        spread = result.ci95 if math.isfinite(result.ci95) else 0.0
+        if result.mean - spread <= chance:
+            self._report("chance", step, f"validation accuracy {result.mean:.3f} ± {spread:.3f} is chance for "
+                         f"{ways}-way tasks (1/{ways} = {chance:.3f}) after {step} of {trainer.steps} steps: the "
+                         "model is not learning; check the learning rate (train.lr) and the data")
+
+    def _report(self, problem: str, step: int, text: str) -> None:
+        if problem in self.reported:
+            return
+        self.reported.add(problem)
+        message = f"step {step}: {text}"
+        if self.strict:
+            raise DivergenceError(f"{message} (stopped: strict)", step)
+        warnings.warn(DivergenceWarning(message), stacklevel=2)
+
+
+def _weight_norm(learner: Any) -> float:
+    norms = [p.detach().float().norm() for p in learner.parameters() if p.requires_grad]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def _ways(tasks: Any) -> int | None:
+    """The number of classes of a validation source's tasks (``None`` when it does not say)."""
+    ways = getattr(tasks, "ways", None)
+    if ways is None and tasks is not None:
+        try:
+            ways = getattr(tasks[0], "ways", None)
+        except Exception:  # noqa: BLE001 - a source without index 0 simply has no known ways
+            ways = None
+    return ways if isinstance(ways, int) else None

@@ -1,11 +1,16 @@
-"""Checkpoints: written atomically, loaded without executing code.
+"""Checkpoints: written atomically, checked on load, loaded without executing code.
 
 * :func:`save_checkpoint` writes to a temporary file in the destination's directory, flushes and
   fsyncs it, then ``os.replace``-s it over the destination: a reader sees the old file or the new
-  one, never half of one, and a failed write leaves the previous checkpoint untouched.
+  one, never half of one, and a failed write leaves the previous checkpoint untouched. With
+  ``keep_previous=True`` (the trainer's ``last.pt``) the checkpoint it replaces stays as ``last.prev.pt``.
+* Every checkpoint carries ``content_sha256``, a checksum of its content (:mod:`.content_hash`);
+  :func:`load_checkpoint` recomputes it, so a flipped bit or an edited value is refused instead of
+  trained on. Checkpoints written before checksums existed load as before.
 * :func:`load_checkpoint` uses ``torch.load(..., weights_only=True)``: only tensors, dicts, lists,
   tuples, numbers, strings, booleans and ``None`` are accepted, so a checkpoint can't run code.
-  Anything unreadable (truncated, corrupt, not a checkpoint) raises ``ValueError`` naming the file.
+  Anything unreadable (truncated, corrupt, altered, not a checkpoint) raises ``ValueError`` naming the
+  file and the intact checkpoints beside it (``best.pt``, ``last.pt``, ``last.prev.pt``) with their steps.
 * :func:`get_rng_state` / :func:`set_rng_state` capture the torch (CPU and CUDA), Python ``random``
   and NumPy global generators in that restricted vocabulary, so that a resumed run draws the same
   numbers as one that never stopped.
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write
+from .content_hash import content_sha256
 
 __all__ = [
     "trainer_state",
@@ -37,6 +43,8 @@ __all__ = [
     "resume_settings",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "CHECKSUM_KEY",
+    "previous_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
     "get_rng_state",
@@ -45,19 +53,35 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "quickstudy.checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKSUM_KEY = "content_sha256"
+# where a folder's other checkpoints are looked for when one is refused, in the order they are offered
+_SIBLINGS = ("best.pt", "last.pt", "last.prev.pt")
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same directory + ``os.replace``).
+def previous_checkpoint(path: str | os.PathLike) -> Path:
+    """Where ``save_checkpoint(path, ..., keep_previous=True)`` keeps the checkpoint it replaced:
+    ``last.pt`` -> ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], keep_previous: bool = False) -> Path:
+    """Write ``state`` with its content checksum to ``path`` atomically (temp file in the same directory +
+    ``os.replace``).
 
     The parent directory is created if needed. On any error the temporary file is removed and the
-    previous content of ``path`` (if any) is left as it was. Returns the path written.
+    previous content of ``path`` (if any) is left as it was. ``keep_previous``: the file replaced stays as
+    :func:`previous_checkpoint` (``last.prev.pt``). Returns the path written.
     """
     if not isinstance(state, dict):
         raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
+    if CHECKSUM_KEY in state:
+        raise TypeError(f"save_checkpoint: {CHECKSUM_KEY!r} is reserved for the checkpoint's checksum")
     _check_loadable(state, "state")
-    with atomic_write(path) as handle:
-        torch.save(state, handle)
+    payload = dict(state)
+    payload[CHECKSUM_KEY] = content_sha256(state)
+    with atomic_write(path, previous=previous_checkpoint(path) if keep_previous else None) as handle:
+        torch.save(payload, handle)
     return Path(path)
 
 
@@ -86,12 +110,25 @@ def _check_loadable(value: Any, where: str) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True`` and check its content
+    against its checksum (the checksum is not part of the dict returned).
 
     Raises ``FileNotFoundError`` when ``path`` is missing and ``ValueError`` naming the file when it
-    is truncated, corrupt, holds objects other than tensors and plain containers, or is not a dict.
+    is truncated, corrupt, altered since it was written, holds objects other than tensors and plain
+    containers, or is not a dict; the message then lists the intact checkpoints in the same folder.
     """
     path = Path(path)
+    try:
+        return _load_checked(path, map_location)
+    except ValueError as error:
+        intact = _intact_siblings(path)
+        if not intact:
+            raise
+        raise ValueError(f"{error}. Intact checkpoints beside it: {', '.join(intact)}; to go on from one, copy it "
+                         f"over {path.name}") from error
+
+
+def _load_checked(path: Path, map_location) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     size = path.stat().st_size
@@ -109,6 +146,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         ) from error
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, expected a dict")
+    expected = state.pop(CHECKSUM_KEY, None)  # None: written before checkpoints carried one
+    if expected is not None:
+        try:
+            actual = content_sha256(state)
+        except TypeError as error:
+            actual = f"unhashable ({error})"
+        if actual != expected:
+            raise ValueError(f"checkpoint {str(path)!r} fails its checksum: its content was altered or damaged "
+                             "after it was written (a flipped bit, an edit), so it is not used")
     version = state.get("version")
     if state.get("format") == CHECKPOINT_FORMAT and isinstance(version, int) and version > CHECKPOINT_VERSION:
         raise ValueError(
@@ -116,6 +162,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
             f"understands ({CHECKPOINT_VERSION}): upgrade quickstudy to load it"
         )
     return state
+
+
+def _intact_siblings(path: Path) -> list[str]:
+    """``"name (step N)"`` for the other checkpoints in ``path``'s folder that load and pass their checksum."""
+    names = [previous_checkpoint(path).name, *_SIBLINGS]
+    intact = []
+    for name in dict.fromkeys(names):
+        other = path.with_name(name)
+        if name == path.name or not other.is_file():
+            continue
+        try:
+            state = _load_checked(other, "cpu")
+        except (OSError, ValueError):
+            continue
+        step = state.get("step")
+        intact.append(f"{name} (step {step})" if isinstance(step, int) else name)
+    return intact
 
 
 # --------------------------------------------------------------------------- RNG states

@@ -14,8 +14,8 @@ Every ``val_every`` steps (and after the last one) the learner is scored on the 
 (highest accuracy, or lowest MSE for regression) is kept in ``best.pt``. Validation runs with the global RNG
 states saved and restored, so it never changes the training trajectory.
 
-Files in ``out`` (when given): ``last.pt``, ``best.pt``, ``metrics.csv`` (columns
-:data:`~quickstudy.training.logging.CSV_COLUMNS`), ``tensorboard/`` (when ``tensorboard`` is installed).
+Files in ``out`` (when given): ``last.pt`` (and ``last.prev.pt``, the one before), ``best.pt``, ``metrics.csv``
+(columns :data:`~quickstudy.training.logging.CSV_COLUMNS`), ``tensorboard/`` (when ``tensorboard`` is installed).
 Rows are logged at ``step`` = the number of completed meta-updates (1..steps).
 """
 
@@ -37,7 +37,7 @@ from torch import nn
 from .._validation import check_bool, check_choice, check_int, check_number
 from ..precision import PRECISIONS, cpu_has_fast_bfloat16, enable_cpu_caching_allocator
 from ..tasks.batch import TaskBatch
-from .callbacks import Callback, History, MetricsLogger, ProgressBar, RunningWindow
+from .callbacks import Callback, DivergenceMonitor, History, MetricsLogger, ProgressBar, RunningWindow
 from .checkpoint import get_rng_state, load_checkpoint, load_trainer_state, resume_settings, save_checkpoint, \
     set_rng_state, trainer_state
 from .evaluate import EvalResult, _length, evaluate
@@ -305,7 +305,9 @@ class Trainer:
             enable_cpu_caching_allocator()
         builtin = [] if not self.log else [ProgressBar(self.progress)] + (
             [MetricsLogger(self.out, self.csv_columns, self.tensorboard)] if self.out is not None else [])
-        self._hooks = builtin + self.callbacks
+        # divergence warnings by default; pass DivergenceMonitor(strict=True) among the callbacks to stop instead
+        watch = [] if any(isinstance(c, DivergenceMonitor) for c in self.callbacks) else [DivergenceMonitor()]
+        self._hooks = builtin + watch + self.callbacks
         self.should_stop = False
         self.learner.train()
         self._callback("on_fit_start", self)
@@ -393,7 +395,7 @@ class Trainer:
                         f"{str(self.out)!r} already holds a run (last.pt): pass fit(resume=True) to continue it, "
                         "fit(overwrite=True) to start over, or another out directory")
                 if self.log:
-                    for name in ("last.pt", "best.pt"):  # stale checkpoints of the run being replaced
+                    for name in ("last.pt", "last.prev.pt", "best.pt"):  # checkpoints of the run being replaced
                         (self.out / name).unlink(missing_ok=True)
             return
         if isinstance(resume, (str, os.PathLike)) and str(resume) != "auto":
@@ -415,8 +417,8 @@ class Trainer:
         self._callback("on_log", self, row)
 
     def _save_last(self) -> None:
-        if self.log:
-            path = self.save(self.out / "last.pt")
+        if self.log:  # the checkpoint replaced stays as last.prev.pt: a fallback if last.pt is ever damaged
+            path = save_checkpoint(self.out / "last.pt", self.state_dict(), keep_previous=True)
             self._callback("on_checkpoint", self, path)
         self._last_saved_step = self.step
 
