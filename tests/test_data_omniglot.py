@@ -257,26 +257,53 @@ def test_decoded_pixels_full_size(isolated):
 
 def test_lookup_order(isolated, monkeypatch):
     name = "images_background.zip"
-    root = isolated / "root"
     env = isolated / "env"
     shared = isolated / "shared" / "data"
     cache = isolated / "cache"
-    for folder in (root, env / "omniglot", shared / "omniglot", cache / "omniglot"):
+    for folder in (env / "omniglot", shared / "omniglot", cache / "omniglot"):
         folder.mkdir(parents=True)
         (folder / name).write_bytes(b"x")
     monkeypatch.setenv(paths.ENV_DATA, str(env))
     monkeypatch.setattr(paths, "shared_data_dirs", lambda: [shared])
 
-    assert find_omniglot(name, root=root, download=False) == root / name
-    (root / name).unlink()
-    assert find_omniglot(name, root=root, download=False) == env / "omniglot" / name
+    assert find_omniglot(name, download=False) == env / "omniglot" / name
     (env / name).write_bytes(b"x")                       # the env folder may hold the zips directly
-    assert find_omniglot(name, root=root, download=False) == env / name
+    assert find_omniglot(name, download=False) == env / name
     (env / name).unlink()
     (env / "omniglot" / name).unlink()
-    assert find_omniglot(name, root=root, download=False) == shared / "omniglot" / name
+    assert find_omniglot(name, download=False) == shared / "omniglot" / name
     (shared / "omniglot" / name).unlink()
-    assert find_omniglot(name, root=root, download=False) == cache / "omniglot" / name
+    assert find_omniglot(name, download=False) == cache / "omniglot" / name
+
+
+def test_an_explicit_root_is_the_only_place_looked_in(isolated, monkeypatch):
+    name = "images_background.zip"
+    shared = isolated / "shared" / "data"
+    (shared / "omniglot").mkdir(parents=True)
+    (shared / "omniglot" / name).write_bytes(b"x")       # a copy elsewhere must not stand in for root
+    monkeypatch.setenv(paths.ENV_DATA, str(shared))
+    monkeypatch.setattr(paths, "shared_data_dirs", lambda: [shared])
+    root = isolated / "root"
+    root.mkdir()
+    (root / name).write_bytes(b"x")
+    assert find_omniglot(name, root=root, download=False) == root / name
+    (root / name).unlink()
+    (root / "omniglot").mkdir()
+    (root / "omniglot" / name).write_bytes(b"x")
+    assert find_omniglot(name, root=root, download=False) == root / "omniglot" / name
+    (root / "omniglot" / name).unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        find_omniglot(name, root=root, download=False)
+    assert str(root / name) in str(info.value) and str(shared) not in str(info.value)
+
+
+def test_a_root_that_does_not_exist_is_an_error_naming_it(isolated, monkeypatch):
+    shared = isolated / "shared" / "data"
+    (shared / "omniglot").mkdir(parents=True)
+    (shared / "omniglot" / "images_background.zip").write_bytes(b"x")
+    monkeypatch.setattr(paths, "shared_data_dirs", lambda: [shared])
+    with pytest.raises(FileNotFoundError, match=r"root '/does/not/exist' does not exist"):
+        Omniglot("train", root="/does/not/exist", download=False)
 
 
 def test_shared_folder_is_found_from_the_package():
@@ -291,11 +318,10 @@ def test_shared_folder_is_found_from_the_package():
 def test_missing_data_lists_every_place(isolated, monkeypatch):
     env = isolated / "env"
     monkeypatch.setenv(paths.ENV_DATA, str(env))
-    root = isolated / "nowhere"
     with pytest.raises(FileNotFoundError) as info:
-        Omniglot("train", root=root, download=False)
+        Omniglot("train", download=False)
     message = str(info.value)
-    for place in (root, root / "omniglot", env, env / "omniglot", isolated / "cache" / "omniglot"):
+    for place in (env, env / "omniglot", isolated / "cache" / "omniglot"):
         assert str(place / "images_background.zip") in message
     assert "QUICKSTUDY_DATA" in message and "root=" in message
     assert "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip" in message

@@ -1,6 +1,7 @@
 """Your own images as a few-shot data set: ``root/<class name>/<image files>``.
 
-Images are converted to grayscale (``channels=1``) or RGB (``channels=3``), resized with Lanczos
+Images of any mode PIL reads (16-bit, float, palette, CMYK, ...: :mod:`.image_modes`, scaled, never clipped) are
+converted to grayscale (``channels=1``) or RGB (``channels=3``), resized with Lanczos
 (antialiased) resampling to ``image_size`` and stored as uint8 ``[M, C, H, W]``. quickstudy's image
 convention is bright strokes on a dark background (like :class:`~quickstudy.data.Omniglot`); pass
 ``invert=True`` for dark-on-light drawings (ink on paper, scans). Transparent pixels are composited
@@ -18,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .base import FewShotDataset
+from .image_modes import convert_8bit
 
 __all__ = ["ImageFolder", "load_images", "image_files", "IMAGE_EXTENSIONS"]
 
@@ -57,12 +59,8 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 def _load_one(path: Path, size: tuple[int, int], channels: int, invert: bool) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if invert else (0, 0, 0, 255))
-                image = Image.alpha_composite(background, rgba)
-            converted = image.convert("L" if channels == 1 else "RGB")
+            image.load()  # every mode PIL reads, scaled to 8 bits (16-bit and float images too)
+            converted = convert_8bit(image, channels, background=255 if invert else 0)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:

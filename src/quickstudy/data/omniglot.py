@@ -69,14 +69,18 @@ _SPLIT_LINE = re.compile(r"^(?P<character>[^/]+/character\d+)/rot(?P<angle>\d{3}
 def find_omniglot(filename: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The path of one Omniglot archive (``images_background.zip`` or ``images_evaluation.zip``).
 
-    Searched in: ``root`` (and ``root/omniglot``), ``$QUICKSTUDY_DATA`` (and its ``omniglot/``),
-    ``shared/data/omniglot`` beside an ancestor of the package or the working directory, then the
-    user cache (``$QUICKSTUDY_CACHE/omniglot``). When absent and ``download`` is true, the original
+    Searched in: ``root`` (and ``root/omniglot``) only, when it is given; otherwise ``$QUICKSTUDY_DATA`` (and
+    its ``omniglot/``), ``shared/data/omniglot`` beside an ancestor of the package or the working directory,
+    then the user cache (``$QUICKSTUDY_CACHE/omniglot``). When absent and ``download`` is true, the original
     archive is downloaded (md5-checked) into ``root`` if given, else into the user cache.
-    Raises ``FileNotFoundError`` listing every place looked in when it cannot be found or fetched.
+    Raises ``FileNotFoundError`` naming ``root`` when it does not exist (and ``download`` is false), and
+    listing every place looked in when the archive cannot be found or fetched.
     """
     if filename not in OMNIGLOT_ARCHIVES:
         raise ValueError(f"find_omniglot: filename must be one of {sorted(OMNIGLOT_ARCHIVES)}, got {filename!r}")
+    if root is not None and not download and not Path(root).expanduser().is_dir():
+        raise FileNotFoundError(f"Omniglot: root {str(root)!r} does not exist (or is not a folder); give the folder "
+                                f"that holds {filename}, or leave root out to use the default places")
     places = search_dirs("omniglot", root)
     for _, folder in places:
         candidate = folder / filename

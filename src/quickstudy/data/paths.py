@@ -2,7 +2,8 @@
 
 Lookup order for data files (see :func:`find_data_file`):
 
-1. the ``root`` argument of the loader (the folder itself, or ``root/<name>/``);
+1. the ``root`` argument of the loader (the folder itself, or ``root/<name>/``); when given, it is the only
+   place looked in: a path the user names is never replaced by a copy found elsewhere;
 2. the ``QUICKSTUDY_DATA`` environment variable (the folder itself, or ``$QUICKSTUDY_DATA/<name>/``);
 3. ``shared/data/<name>`` beside any ancestor of the installed package or of the working directory
    (the layout of a checkout at ``/work/main`` with data at ``/work/shared/data``);
@@ -81,11 +82,11 @@ def data_root() -> Path | None:
 
 def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
     """The folders searched for the files of data set ``name``, in order, each with a label saying
-    where it came from (used in error messages)."""
+    where it came from (used in error messages). An explicit ``root`` is the only place searched."""
     places: list[tuple[str, Path]] = []
     if root is not None:
         root = Path(root).expanduser()
-        places += [("root argument", root), ("root argument", root / name)]
+        return [("root argument", root), ("root argument", root / name)]
     env = os.environ.get(ENV_DATA)
     if env:
         env_path = Path(env).expanduser()
