@@ -10,11 +10,13 @@ naming the owner, the argument, the value and what was expected::
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 from typing import Any, Iterable
 
-__all__ = ["check_int", "check_number", "check_bool", "check_choice", "check_int_sequence", "check_int_range"]
+__all__ = ["check_int", "check_number", "check_bool", "check_choice", "check_int_sequence", "check_int_range",
+           "int_argument"]
 
 
 def _prefix(owner: str) -> str:
@@ -93,3 +95,20 @@ def check_int_range(owner: str, name: str, value: Any, minimum: int = 1) -> tupl
         return low, high
     single = check_int(owner, name, value, minimum)
     return single, single
+
+
+def int_argument(minimum: int = 1):
+    """An ``argparse`` ``type=`` for a command-line count (``--steps``, ``--episodes``, ``--trials``, ...): an integer
+    ``>= minimum``, else argparse's one-line usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

@@ -4,6 +4,11 @@
 from its config (``kind:``), through the registry in :mod:`quickstudy.tasks.kinds`, and the run-folder shell
 of :mod:`quickstudy.runs` calls that kind's module. Every command that produces results accepts ``--json`` and
 then prints exactly one JSON object on stdout (progress bars and messages go to stderr).
+
+An expected failure (a bad config, a missing file, a folder in use, a damaged checkpoint, diverged training
+under ``--strict``: the exceptions in :data:`EXPECTED_ERRORS`) prints one line ``quickstudy CMD: error: ...`` and
+exits with 2; anything else is a bug: one line saying where to report it, exit code 1 (``QUICKSTUDY_DEBUG=1``
+shows the traceback instead). SIGTERM is handled like Ctrl-C, so the command cleans up behind it.
 """
 
 from __future__ import annotations
@@ -11,11 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 from . import __version__
+from ._validation import int_argument
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "EXPECTED_ERRORS"]
+
+#: What a user's input or environment causes (a bad config, a missing or damaged file, a folder in use, no
+#: memory left, a missing optional package): reported as one line with exit code 2, never a traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError, MemoryError)
 
 
 def _print_json(payload: dict) -> None:
@@ -25,7 +40,7 @@ def _print_json(payload: dict) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_table, run_demo
 
-    results = run_demo(quick=args.quick, progress=not args.json, out=args.out)
+    results = run_demo(quick=args.quick, progress=not args.json, out=args.out, overwrite=args.overwrite)
     if args.json:
         _print_json(results)
     else:
@@ -38,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     limit = args.time_limit * 60 if args.time_limit is not None else None
     run_dir = train_run(args.config, overrides=list(args.overrides), out=args.out, steps=args.steps,
-                        progress=not args.quiet, time_limit=limit)
+                        progress=not args.quiet, time_limit=limit, overwrite=args.overwrite, strict=args.strict)
     payload = {"run_dir": str(run_dir)}
     if args.eval:
         payload["eval"] = evaluate_run(run_dir, episodes=args.episodes, progress=not args.quiet)
@@ -56,7 +71,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     limit = args.time_limit * 60 if args.time_limit is not None else None
     run_dir = train_run(None, out=args.run_dir, resume=True, steps=args.steps, progress=not args.quiet,
-                        time_limit=limit)
+                        time_limit=limit, strict=args.strict)
     if args.json:
         _print_json({"run_dir": str(run_dir)})
     else:
@@ -84,14 +99,19 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         _print_json({"predictions": rows})
         return 0
     import csv
+    import io
 
-    handle = open(args.out, "w", newline="") if args.out else sys.stdout
-    writer = csv.DictWriter(handle, fieldnames=["file", "label", "probability"])
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["file", "label", "probability"])
     writer.writeheader()
     writer.writerows(rows)
     if args.out:
-        handle.close()
+        from ._atomic import atomic_write_text
+
+        atomic_write_text(args.out, text.getvalue())  # whole or not at all
         print(f"wrote {len(rows)} predictions to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text.getvalue())
     return 0
 
 
@@ -120,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON object with the results")
     demo.add_argument("--quick", action="store_true", help="a few steps only (a smoke test, seconds)")
     demo.add_argument("--out", default=None, help="also keep the demo's run folders here")
+    demo.add_argument("--overwrite", action="store_true", help="replace the runs an earlier demo left in --out")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="meta-train from a YAML config",
@@ -128,11 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config file (see configs/)")
     train.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.steps=100")
     train.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
-    train.add_argument("--steps", type=int, default=None, help="override train.steps")
+    train.add_argument("--steps", type=int_argument(1), default=None, help="override train.steps")
     train.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                        help="stop after this many minutes of training (validated and checkpointed)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run the folder already holds (without it, such a folder is refused)")
+    train.add_argument("--strict", action="store_true",
+                       help="stop when training diverges (exploding loss or weights, validation at chance), "
+                            "instead of warning")
     train.add_argument("--eval", action="store_true", help="evaluate on the test episodes afterwards")
-    train.add_argument("--episodes", type=int, default=None, help="test episodes for --eval")
+    train.add_argument("--episodes", type=int_argument(1), default=None, help="test episodes for --eval")
     train.add_argument("--json", action="store_true", help="print one JSON object at the end")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
@@ -141,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Continue RUN_DIR exactly where it stopped (same numbers as an "
                                         "uninterrupted run).")
     resume.add_argument("run_dir")
-    resume.add_argument("--steps", type=int, default=None, help="new total number of steps")
+    resume.add_argument("--steps", type=int_argument(1), default=None, help="new total number of steps")
+    resume.add_argument("--strict", action="store_true", help="stop when training diverges, instead of warning")
     resume.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                         help="stop once the run's training time reaches this many minutes")
     resume.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -152,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Mean accuracy (or MSE) with its 95%% confidence interval over fixed, "
                                           "seeded test episodes, plus macro precision/recall/F1.")
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("--episodes", type=int, default=None, help="test episodes (default: config, 600)")
+    evaluate.add_argument("--episodes", type=int_argument(1), default=None,
+                          help="test episodes (default: config, 600)")
     evaluate.add_argument("--checkpoint", default="best", choices=["best", "last"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_cmd_eval)
@@ -180,34 +208,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (multi-line messages, e.g. several config keys, joined)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    text = lines[0]
+    for line in lines[1:]:
+        text += (" " if text.endswith(":") else "; ") + line
+    return text
+
+
+@contextmanager
+def _cli_session(command: str) -> Iterator[None]:
+    """Warnings as ``quickstudy CMD: warning: ...`` lines; SIGTERM raises KeyboardInterrupt, so atomic writes
+    remove their temporary files and the run folder's lock is released on the way out."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"quickstudy {command}: warning: {message}", file=sys.stderr)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come after options too ("train cfg.yaml --out r train.steps=5")
     args, extra = parser.parse_known_args(argv)
     if extra:
-        overrides_ok = all("=" in item and not item.startswith("-") for item in extra)
+        # overrides are checked when the config is read (an item without '=' is named there)
+        overrides_ok = not any(item.startswith("-") for item in extra)
         if args.command == "train" and overrides_ok:
             args.overrides = list(args.overrides) + extra
         elif args.command == "eval" and overrides_ok:  # e.g. RL's eval.* keys for this evaluation
             args.overrides = extra
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command != "report":
-        import torch
-
-        from .runs import choose_threads
-
-        torch.set_num_threads(choose_threads())
+            subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = bool(os.environ.get("QUICKSTUDY_DEBUG"))
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        if os.environ.get("QUICKSTUDY_DEBUG"):
-            raise
-        print(f"quickstudy {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        with _cli_session(args.command):
+            if args.command != "report":
+                import torch
+
+                from .runs import choose_threads
+
+                torch.set_num_threads(choose_threads())
+            return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"quickstudy {args.command}: interrupted", file=sys.stderr)
         return 130
+    except EXPECTED_ERRORS as error:
+        if debug:
+            raise
+        print(f"quickstudy {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a bug: say so, and where it goes
+        if debug:
+            raise
+        print(f"quickstudy {args.command}: internal error: {type(error).__name__}: {_one_line(error)} (a bug in "
+              f"quickstudy {__version__}: please report it on the quickstudy issue tracker with the command you ran "
+              "and the traceback that QUICKSTUDY_DEBUG=1 prints)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .experiment import evaluate_run, train_run
+from .runs import check_no_run, evaluate_run, train_run
 
 __all__ = ["DEMO_CONFIGS", "run_demo", "format_table"]
 
@@ -64,15 +64,22 @@ DEMO_CONFIGS: dict[str, dict[str, Any]] = {
 _QUICK = ["train.steps=5", "train.val_every=5", "train.val_episodes=8", "eval.episodes=20", "eval.batch_size=10"]
 
 
-def run_demo(quick: bool = False, progress: bool = True, out: str | None = None) -> dict[str, Any]:
-    """Train and evaluate every demo config; returns ``{name: eval result}`` plus timings."""
+def run_demo(quick: bool = False, progress: bool = True, out: str | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate every demo config; returns ``{name: eval result}`` plus timings. ``out``: keep the runs
+    there (runs an earlier demo left are refused, before anything trains, unless ``overwrite``)."""
     results: dict[str, Any] = {}
     started = time.perf_counter()
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise NotADirectoryError(f"{str(out)!r} is not a folder: the demo's runs need a folder")
+    if out is not None and not overwrite:
+        for key in DEMO_CONFIGS:
+            check_no_run(Path(out) / key)
     with tempfile.TemporaryDirectory(prefix="quickstudy-demo-") as scratch:
         root = Path(out) if out else Path(scratch)
         for key, config in DEMO_CONFIGS.items():
             run_dir = train_run(None, raw=config, overrides=_QUICK if quick else [], out=root / key,
-                                progress=progress)
+                                progress=progress, overwrite=overwrite)
             result = evaluate_run(run_dir, progress=progress, checkpoint="best")
             result.pop("machine", None)
             results[key] = result

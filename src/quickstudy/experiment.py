@@ -3,7 +3,9 @@
 From a validated config (:mod:`quickstudy.config`) to task sources, a learner, a trained run and its
 evaluation on fixed test episodes; it implements the task-kind interface of :mod:`quickstudy.tasks.kinds`
 (the run-folder shell is :mod:`quickstudy.runs`). Besides the shared files, its run folder holds
-``test_episodes.pt``: the fixed test episodes (example indices), made at the first evaluation.
+``test_episodes.pt``: the fixed test episodes (example indices), made at the first evaluation and kept with the
+settings they were drawn for (data set, split, ways, shots, queries, seed, batch size): an evaluation whose
+settings differ draws them again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -32,6 +34,7 @@ __all__ = ["NAME", "STEPS_KEY", "TaskSources", "build_tasks", "build_learner", "
 
 NAME = "episodes"
 STEPS_KEY = "train.steps"
+RESULT_FILES = ("test_episodes.pt", "loss.png", "accuracy.png")  # what a replaced run leaves (runs.train_run)
 
 
 @dataclass
@@ -165,14 +168,13 @@ def report(run_dir: Path) -> list[Path]:
 
 
 def train(config: ExperimentConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
-          time_limit: float | None = None) -> None:
+          time_limit: float | None = None, callbacks: Sequence[Any] = ()) -> None:
     """Meta-train (or continue) the run in ``run_dir`` with the shared Trainer. ``time_limit``: seconds of
-    training across resumes (default ``train.time_limit`` minutes)."""
+    training across resumes (default ``train.time_limit`` minutes); ``callbacks`` go to the Trainer."""
     sources = build_tasks(config)
     learner = build_learner(config, sources)
-    if config.train.steps == 0:
-        return
     trainer = _trainer(config, learner, sources, run_dir, progress)
+    trainer.callbacks.extend(callbacks)
     if time_limit is None and config.train.time_limit is not None:
         time_limit = config.train.time_limit * 60
     if time_limit is not None:
@@ -200,25 +202,38 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> tuple[Expe
     path = run_dir / f"{checkpoint}.pt"
     if not path.is_file() and checkpoint == "best":
         path = run_dir / "last.pt"
-    if path.is_file():
-        learner.load_state_dict(load_checkpoint(path)["model"])
-    elif config.train.steps > 0:
-        raise FileNotFoundError(f"no checkpoint in {str(run_dir)!r} (looked for best.pt and last.pt)")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint in {str(run_dir)!r} (looked for {path.name}"
+                                f"{' and last.pt' if checkpoint == 'best' else ''}): train it first")
+    learner.load_state_dict(load_checkpoint(path)["model"])
     return config, learner.to(resolve_device(config.device)), sources
 
 
+def _episodes_key(config: ExperimentConfig) -> dict[str, Any]:
+    """What the test episodes depend on: a saved list drawn for other settings is not reused."""
+    d, t, e = config.data, config.task, config.eval
+    return {"dataset": d.dataset, "protocol": d.protocol, "root": d.root, "data_seed": d.seed,
+            "image_size": d.image_size, "split": d.test_split, "ways": t.test_ways or t.ways,
+            "shots": t.test_shots or t.shots, "queries": t.test_queries or t.queries, "seed": e.seed,
+            "batch_size": e.batch_size}
+
+
 def _fixed_test_episodes(run_dir: Path, config: ExperimentConfig, sources: TaskSources, episodes: int):
-    """The run's saved test episodes (made and saved on first use), so every evaluation scores the same tasks."""
+    """The run's saved test episodes (made and saved on first use), so every evaluation scores the same tasks;
+    drawn again when the settings they were drawn for (:func:`_episodes_key`) differ from the config's."""
     batches = math.ceil(episodes / config.eval.batch_size)
     if config.data.dataset == "sinusoid":
         return sources.test  # a pure function of (seed, index): nothing to save
-    path = run_dir / "test_episodes.pt"
+    path, key = run_dir / "test_episodes.pt", _episodes_key(config)
     if path.is_file():
-        fixed = FixedEpisodes.load(path, sources.test.dataset)
-        if len(fixed) >= batches:
+        try:
+            fixed = FixedEpisodes.load(path, sources.test.dataset, key=key)
+        except ValueError:  # other classes, other settings, an older file without settings, damaged: redraw
+            fixed = None
+        if fixed is not None and len(fixed) >= batches:
             return fixed
     fixed = sources.test.fixed(batches)
-    fixed.save(path)
+    fixed.save(path, key=key)
     return fixed
 
 
@@ -276,6 +291,7 @@ def adapt_folders(run_dir: str | os.PathLike, support: str | os.PathLike, query:
     """Adapt a trained run to the task in ``support`` (one sub-folder per class) and label the images in
     ``query``: rows of ``{file, label, probability}``."""
     from .data import ImageFolder, image_files, load_images
+    from .data.folder import IMAGE_EXTENSIONS
     from .tasks.kinds import kind_of
 
     if kind_of(run_dir).name != NAME:
@@ -287,11 +303,19 @@ def adapt_folders(run_dir: str | os.PathLike, support: str | os.PathLike, query:
     size, channels = sources.image_size, sources.in_channels
     support_set = ImageFolder(support, image_size=size, channels=channels)
     ways = len(support_set.classes)
+    if ways < 2:
+        raise ValueError(f"adapt: the support folder {str(support)!r} has one class ({support_set.classes[0]!r}); "
+                         "a task needs at least two classes, one sub-folder each")
     head = getattr(getattr(learner, "model", None), "out_features", None)
     if config.algorithm.name not in ("protonet", "finetune") and head is not None and head != ways:
         raise ValueError(f"adapt: the support folder {str(support)!r} has {ways} classes but this run's "
                          f"{config.algorithm.name} head is {head}-way; give exactly {head} class folders")
+    if not Path(query).is_dir():
+        raise FileNotFoundError(f"adapt: the query folder {str(query)!r} does not exist (or is not a folder)")
     files = image_files(query)
+    if not files:
+        raise ValueError(f"adapt: the query folder {str(query)!r} holds no images to label (extensions "
+                         f"{', '.join(IMAGE_EXTENSIONS)})")
     query_x = support_set.to_float(load_images(files, image_size=size, channels=channels))
     support_x = support_set.to_float(support_set.examples)
     support_y = torch.repeat_interleave(torch.arange(ways), support_set.counts)

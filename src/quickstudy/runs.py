@@ -4,29 +4,47 @@ A run folder holds::
 
     config.yaml     the resolved config (every default written out; its ``kind`` says who runs it)
     metrics.csv     training (and validation) rows; tensorboard/ when installed
-    last.pt         the checkpoint to resume from; best.pt the best validated weights (where validated)
+    last.pt         the checkpoint to resume from (last.prev.pt the one before); best.pt the best validated weights
     eval.json       the last evaluation's result
 
 The kind of a run is decided once, from its config (:func:`quickstudy.tasks.kinds.kind_of`); the kind's
 module builds the tasks and the learner and trains them with the shared :class:`~quickstudy.Trainer`.
+
+What this shell guarantees for every kind (docs/reliability.md):
+
+* one command at a time works in a folder (``train``, ``resume``, ``eval`` hold it: :mod:`quickstudy.run_lock`);
+* ``train`` into a folder that holds a run is refused unless ``overwrite=True`` (``resume`` continues one);
+* a command that fails leaves every file as it was: the resolved config is written (atomically) only once the
+  kind has built everything it names and, on resume, the checkpoint has been restored (:class:`_CommitRun`);
+* training that diverges while staying finite is reported naming the step (``strict=True`` stops it).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
+import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import torch
 import yaml
 
 from ._atomic import atomic_write_text
+from .run_lock import hold_run_folder
 from .tasks.kinds import TaskKind, kind_of
+from .training.callbacks import Callback, DivergenceMonitor
 
-__all__ = ["train_run", "evaluate_run", "report_run", "format_eval", "open_run_dir", "run_kind", "machine_info",
-           "choose_threads", "resolve_device"]
+__all__ = ["train_run", "evaluate_run", "report_run", "format_eval", "run_kind", "machine_info", "choose_threads",
+           "resolve_device", "run_files", "check_no_run", "RUN_MARKERS"]
+
+#: Files whose presence means a folder holds a run.
+RUN_MARKERS = ("config.yaml", "last.pt", "best.pt", "metrics.csv")
+# results of a run that a new run in the same folder would not replace (checkpoints, metrics.csv and
+# tensorboard/ are replaced by the Trainer); a kind lists its own in RESULT_FILES
+_RESULT_FILES = ("eval.json", "report.md")
 
 
 def run_kind(config_or_run: str | os.PathLike | dict | None) -> TaskKind:
@@ -34,60 +52,110 @@ def run_kind(config_or_run: str | os.PathLike | dict | None) -> TaskKind:
     return kind_of(config_or_run)
 
 
-def _write_yaml(path: Path, payload: dict) -> None:
-    atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))
+def run_files(run_dir: str | os.PathLike) -> list[str]:
+    """The files of :data:`RUN_MARKERS` that ``run_dir`` holds (none: it holds no run)."""
+    run_dir = Path(run_dir)
+    return [name for name in RUN_MARKERS if (run_dir / name).exists()]
 
 
-def open_run_dir(load: Callable, config_path, overrides: list[str] | None, raw: dict | None, out, resume: bool,
-                 resume_overrides: list[str]) -> tuple[Any, Path]:
-    """``(config, run folder)`` for a fresh run (config resolved from ``config_path`` + ``overrides`` and written
-    to ``run/config.yaml``) or a resumed one (the run's own config, with ``resume_overrides`` written back).
-    ``load(path, overrides=..., raw=...) -> (config, resolved dict)`` is the kind's loader."""
-    if resume:
-        if out is None:
-            raise ValueError("resume needs the run folder")
-        run_dir = Path(out)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
-        config, resolved = load(run_dir / "config.yaml", overrides=resume_overrides)
-        if resume_overrides:
-            _write_yaml(run_dir / "config.yaml", resolved)
-        return config, run_dir
-    config, resolved = load(config_path, overrides=overrides, raw=raw)
-    run_dir = Path(out) if out is not None else Path("runs") / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_yaml(run_dir / "config.yaml", resolved)
-    return config, run_dir
+def check_no_run(run_dir: str | os.PathLike) -> None:
+    """``FileExistsError`` when ``run_dir`` already holds a run: training into it would lose that run."""
+    present = run_files(run_dir)
+    if present:
+        raise FileExistsError(
+            f"{str(run_dir)!r} already holds a run ({', '.join(present)}): continue it with `quickstudy resume "
+            f"{run_dir}`, replace it with --overwrite (overwrite=True), or train into another folder")
+
+
+def _run_folder(run_dir: str | os.PathLike | None) -> Path:
+    if run_dir is None:
+        raise ValueError("resume needs the run folder")
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
+    return run_dir
+
+
+class _CommitRun(Callback):
+    """Writes the run's resolved config (and removes a replaced run's results) when training starts: after the
+    kind has built the tasks, the learner and the Trainer from the config, and after a resumed run's checkpoint
+    was restored. A command that fails before then leaves every file in the folder as it was."""
+
+    def __init__(self, run_dir: Path, resolved: dict | None, stale: Sequence[str] = ()):
+        self.run_dir, self.resolved, self.stale, self.done = run_dir, resolved, tuple(stale), False
+
+    def on_fit_start(self, trainer: Any) -> None:
+        if self.done:
+            return
+        for name in self.stale:
+            path = self.run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        if self.resolved is not None:
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.resolved, sort_keys=False))
+        self.done = True
+
+
+def _train_kind(kind, config, run_dir: Path, commit: _CommitRun, *, resume: bool, progress: bool,
+                time_limit: float | None, strict: bool) -> None:
+    callbacks = [commit, DivergenceMonitor(strict=strict)]
+    if "callbacks" in inspect.signature(kind.train).parameters:
+        kind.train(config, run_dir, resume=resume, progress=progress, time_limit=time_limit, callbacks=callbacks)
+    else:  # a kind written before callbacks existed: its config is written first, as run folders once were
+        commit.on_fit_start(None)
+        kind.train(config, run_dir, resume=resume, progress=progress, time_limit=time_limit)
 
 
 def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None = None,
               out: str | os.PathLike | None = None, resume: bool = False, steps: int | None = None,
-              progress: bool = True, raw: dict | None = None, time_limit: float | None = None) -> Path:
+              progress: bool = True, raw: dict | None = None, time_limit: float | None = None,
+              overwrite: bool = False, strict: bool = False) -> Path:
     """Train (or, with ``resume=True``, continue) a run of any kind; returns the run folder.
 
     ``steps`` overrides the kind's length (``train.steps``, ``train.iterations`` for RL); ``time_limit``
-    (seconds of training, across resumes) stops early, validated and checkpointed."""
-    kind = run_kind(out if resume else (raw if raw is not None else config_path)).load()
+    (seconds of training, across resumes) stops early, validated and checkpointed. A folder that already holds a
+    run is refused unless ``overwrite``; ``strict`` stops a diverging run instead of warning."""
+    if resume:
+        run_dir = _run_folder(out)
+        with hold_run_folder(run_dir, purpose="quickstudy resume"):
+            kind = run_kind(run_dir).load()
+            extra = [f"{kind.STEPS_KEY}={steps}"] if steps is not None else []
+            config, resolved = kind.load_config(run_dir / "config.yaml", overrides=extra)
+            if not (run_dir / "last.pt").is_file():
+                raise FileNotFoundError(f"{str(run_dir)!r} holds no checkpoint to resume (last.pt is missing): "
+                                        "start it again with `quickstudy train CONFIG --out RUN --overwrite`")
+            commit = _CommitRun(run_dir, resolved if extra else None)
+            _train_kind(kind, config, run_dir, commit, resume=True, progress=progress, time_limit=time_limit,
+                        strict=strict)
+        return run_dir
+    kind = run_kind(raw if raw is not None else config_path).load()
     extra = [f"{kind.STEPS_KEY}={steps}"] if steps is not None else []
-    config, run_dir = open_run_dir(kind.load_config, config_path, list(overrides or []) + extra, raw, out, resume,
-                                   extra)
-    kind.train(config, run_dir, resume=resume, progress=progress, time_limit=time_limit)
+    config, resolved = kind.load_config(config_path, overrides=list(overrides or []) + extra, raw=raw)
+    run_dir = Path(out) if out is not None else Path("runs") / config.name
+    with hold_run_folder(run_dir, purpose="quickstudy train", create=True):
+        if not overwrite:
+            check_no_run(run_dir)
+        stale = _RESULT_FILES + tuple(getattr(kind, "RESULT_FILES", ()))
+        _train_kind(kind, config, run_dir, _CommitRun(run_dir, resolved, stale), resume=False, progress=progress,
+                    time_limit=time_limit, strict=strict)
     return run_dir
 
 
 def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, checkpoint: str = "best",
                  progress: bool = True, overrides: list[str] | None = None) -> dict[str, Any]:
     """Score a run of any kind on its fixed test tasks; writes and returns ``eval.json``'s content."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
-    return run_kind(run_dir).load().evaluate(run_dir, episodes=episodes, checkpoint=checkpoint, progress=progress,
-                                             overrides=list(overrides or []))
+    run_dir = _run_folder(run_dir)
+    with hold_run_folder(run_dir, purpose="quickstudy eval"):
+        return run_kind(run_dir).load().evaluate(run_dir, episodes=episodes, checkpoint=checkpoint,
+                                                 progress=progress, overrides=list(overrides or []))
 
 
 def report_run(run_dir: str | os.PathLike) -> list[Path]:
-    """Plots and a markdown summary of a run of any kind."""
-    return run_kind(run_dir).load().report(Path(run_dir))
+    """Plots and a markdown summary of a run of any kind (it only reads the run: it may run beside training)."""
+    run_dir = _run_folder(run_dir)
+    return run_kind(run_dir).load().report(run_dir)
 
 
 def format_eval(result: dict, run_dir: str | os.PathLike) -> str:

@@ -46,9 +46,17 @@ def load_table(path: str | os.PathLike, target: str, sep: str | None = None) -> 
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
     if sep is None:
         sep = "\t" if ".tsv" in path.name else ","
-    frame = pd.read_csv(path, sep=sep)
+    try:
+        frame = pd.read_csv(path, sep=sep)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table: {error}") from None
     if target not in frame.columns:
         raise ValueError(f"{path}: no column {target!r}; columns are {', '.join(map(str, frame.columns[:20]))}")
+    missing = frame[target].isna().to_numpy().nonzero()[0]
+    if missing.size:  # a label cannot be guessed; sorting labels with NaN among strings also fails downstream
+        rows = ", ".join(str(i + 1) for i in missing[:5]) + (" ..." if missing.size > 5 else "")
+        raise ValueError(f"{path}: the target column {target!r} has {missing.size} missing value(s), in data row(s) "
+                         f"{rows} (counting from 1 after the header); drop or fill those rows")
     y = frame.pop(target).astype(str).to_numpy()
     categorical = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if categorical:

@@ -7,7 +7,7 @@ the rest of :mod:`quickstudy.rl`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -19,20 +19,20 @@ __all__ = ["NAME", "STEPS_KEY", "load_config", "train", "evaluate", "format_eval
 
 NAME = "rl"
 STEPS_KEY = "train.iterations"
+RESULT_FILES = ("return_vs_iteration.png", "return_vs_steps.png")  # what a replaced run leaves (runs.train_run)
 load_config = load_rl_config
 
 
 def train(config: RLConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
-          time_limit: float | None = None) -> None:
-    """Meta-train (or continue) the RL run in ``run_dir``: one Trainer step per meta-iteration."""
-    if config.train.iterations == 0:
-        return
+          time_limit: float | None = None, callbacks: Sequence[Any] = ()) -> None:
+    """Meta-train (or continue) the RL run in ``run_dir``: one Trainer step per meta-iteration; ``callbacks`` go
+    to the Trainer."""
     family, learner = build_rl(config)
     update = RLUpdate(learner, family, config, torch.Generator().manual_seed(config.seed))
     t = config.train
     trainer = Trainer(learner.policy, None, steps=t.iterations, update=update, val_every=None, out=run_dir,
                       log_every=t.log_every, checkpoint_every=t.checkpoint_every, progress=progress, seed=config.seed,
-                      csv_columns=RL_COLUMNS, cpu_caching_allocator=False)
+                      csv_columns=RL_COLUMNS, cpu_caching_allocator=False, callbacks=callbacks)
     if time_limit is None and t.time_limit is not None:
         time_limit = t.time_limit * 60
     if time_limit is not None:

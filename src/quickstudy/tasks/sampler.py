@@ -223,8 +223,9 @@ class FixedEpisodes:
     def __iter__(self) -> Iterator[TaskBatch]:
         return (self[i] for i in range(len(self)))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (temp file + rename); loadable with ``weights_only=True``."""
+    def save(self, path: str | os.PathLike, key: dict | None = None) -> None:
+        """Write atomically (temp file + rename); loadable with ``weights_only=True``. ``key``: plain values saying
+        what the episodes were drawn for (data set, split, ways, ...); :meth:`load` then checks them."""
         payload = {
             "format": "quickstudy.FixedEpisodes/1",
             "batch_size": self.batch_size,
@@ -232,12 +233,15 @@ class FixedEpisodes:
             "examples": [b.examples for b in self.batches],
             "shots": [b.shots for b in self.batches],
             "class_names": list(self.dataset.classes),
+            "key": dict(key) if key is not None else None,
         }
         with atomic_write(path) as handle:
             torch.save(payload, handle)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, dataset) -> "FixedEpisodes":
+    def load(cls, path: str | os.PathLike, dataset, key: dict | None = None) -> "FixedEpisodes":
+        """The episodes saved at ``path``, on ``dataset``; ``ValueError`` when they were made for a data set with
+        other classes or, given ``key``, for other settings (or saved without any)."""
         try:
             payload = torch.load(path, weights_only=True)
         except FileNotFoundError:
@@ -251,6 +255,11 @@ class FixedEpisodes:
                 f"episode list {os.fspath(path)!r} was made for a data set with different classes than "
                 f"{dataset.name!r} ({len(payload['class_names'])} vs {len(dataset.classes)} classes)"
             )
+        if key is not None and payload.get("key") != dict(key):
+            saved = payload.get("key") or {}
+            changed = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
+            raise ValueError(f"episode list {os.fspath(path)!r} was drawn for other settings "
+                             f"({', '.join(changed) if saved else 'none recorded'})")
         batches = [EpisodeIndices(classes=c, examples=e, shots=int(s))
                    for c, e, s in zip(payload["classes"], payload["examples"], payload["shots"])]
         return cls(dataset, batches, batch_size=int(payload["batch_size"]))

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_write_text
 from .logging import read_csv
 
 __all__ = ["make_report"]
@@ -158,6 +159,6 @@ def make_report(run_dir: str | os.PathLike) -> list[Path]:
     if written:
         lines += ["## Curves", ""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(report, "\n".join(lines))
     written.append(report)
     return written
