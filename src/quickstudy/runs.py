@@ -27,7 +27,7 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -37,8 +37,8 @@ from .run_lock import hold_run_folder
 from .tasks.kinds import TaskKind, kind_of
 from .training.callbacks import Callback, DivergenceMonitor
 
-__all__ = ["train_run", "evaluate_run", "report_run", "format_eval", "run_kind", "machine_info", "choose_threads",
-           "resolve_device", "run_files", "check_no_run", "RUN_MARKERS"]
+__all__ = ["train_run", "evaluate_run", "report_run", "format_eval", "open_run_dir", "run_kind", "machine_info",
+           "choose_threads", "resolve_device", "run_files", "check_no_run", "RUN_MARKERS"]
 
 #: Files whose presence means a folder holds a run.
 RUN_MARKERS = ("config.yaml", "last.pt", "best.pt", "metrics.csv")
@@ -96,6 +96,24 @@ class _CommitRun(Callback):
         if self.resolved is not None:
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.resolved, sort_keys=False))
         self.done = True
+
+
+def open_run_dir(load: Callable, config_path, overrides: list[str] | None, raw: dict | None, out, resume: bool,
+                 resume_overrides: list[str]) -> tuple[Any, Path]:
+    """``(config, run folder)`` with the resolved config written to ``run/config.yaml`` at once (kept for code
+    written against it: :func:`train_run` no longer uses it, since it writes the config before the kind has
+    checked everything the config names). ``load(path, overrides=..., raw=...) -> (config, resolved dict)``."""
+    if resume:
+        run_dir = _run_folder(out)
+        config, resolved = load(run_dir / "config.yaml", overrides=resume_overrides)
+        if resume_overrides:
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        return config, run_dir
+    config, resolved = load(config_path, overrides=overrides, raw=raw)
+    run_dir = Path(out) if out is not None else Path("runs") / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    return config, run_dir
 
 
 def _train_kind(kind, config, run_dir: Path, commit: _CommitRun, *, resume: bool, progress: bool,
