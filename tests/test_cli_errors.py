@@ -4,6 +4,7 @@ what is wrong, never a traceback; an unexpected failure says where to report it.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,7 +78,10 @@ def spoiled_run(base, tmp_path, how: str):
     return copy
 
 
-# (command, arguments, what the message must say); {root}, {config}, {run} and {spoiled:HOW} are filled in
+SEARCH_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "search" / "protonet-glyphs.yaml"
+
+# (command, arguments, what the message must say); {root}, {config}, {run}, {search_config} and {spoiled:HOW}
+# are filled in
 ROWS = [
     ("train", ["{root}/missing.yaml"], "missing.yaml' does not exist"),
     ("train", ["{root}/empty.yaml", "--out", "{root}/new"], "empty.yaml is empty"),
@@ -121,7 +125,7 @@ ROWS = [
     ("demo", ["--quick", "--out", "{root}/sinusoid_dir"], "already holds a run"),
     ("search", ["{root}/missing.yaml", "--trials", "1"], "missing.yaml' does not exist"),
     ("search", ["{root}/no_search.yaml", "--trials", "1", "--out", "{root}/s"], "search"),
-    ("search", ["{config}", "--trials", "0"], "--trials"),
+    ("search", ["{search_config}", "--trials", "0", "--out", "{root}/s"], "--trials"),
     ("recommend", ["{root}/missing.csv", "--target", "label"], "missing.csv' does not exist"),
     ("recommend", ["{root}/table.csv", "--target", "nope"], "no column 'nope'"),
     ("recommend", ["{root}/table.csv", "--target", "label"], "missing value(s), in data row(s) 3"),
@@ -148,7 +152,7 @@ def test_bad_input_is_one_line_and_exit_code_2(base, tmp_path, capsys, command, 
         if item.startswith("{spoiled:"):
             argv.append(str(spoiled_run(base, tmp_path, item[len("{spoiled:"):-1])))
         else:
-            argv.append(item.format(root=root, config=config, run=run))
+            argv.append(item.format(root=root, config=config, run=run, search_config=SEARCH_CONFIG))
     code, out, err = cli(capsys, *argv)
     assert "Traceback" not in err, err
     assert code == 2, err

@@ -234,8 +234,8 @@ def _cli_session(command: str) -> Iterator[None]:
             warnings.showwarning = show
             yield
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:  # None: a handler installed outside Python, which Python cannot put back
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None) -> int:
