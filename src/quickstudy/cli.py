@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .automl import cli as automl_cli
 
     automl_cli.add_commands(sub)
+    from .text import cli as text_cli
+
+    text_cli.add_commands(sub)
     return parser
 
 

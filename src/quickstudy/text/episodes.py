@@ -1,0 +1,104 @@
+r"""Text on the same contracts as images: FewShotDatasets of token ids or of cached embeddings, episodes through
+:class:`~quickstudy.EpisodeSampler` / :class:`~quickstudy.TaskBatch`, meta-training with :class:`~quickstudy.Trainer`.
+
+What a TaskBatch carries for text: **token ids** (``support_x [B, N*K, L]`` int64, 0 = padding) whenever the
+encoder itself is meta-trained, because the meta-gradient has to flow through the encoder; **cached embeddings**
+(``[B, N*K, D]`` float) when the encoder is frozen (a head meta-trained with ANIL, evaluation episodes), because
+re-encoding the same frozen text in every episode would spend nearly all the time on identical forward passes.
+Both are ``x`` tensors that the learner's model maps to outputs, the one contract of every modality: the encoder
+(:class:`~quickstudy.text.encoder.SentenceEncoder`) is a backbone of ids like Conv4 is one of pixels, and an
+embedding is an input like any feature vector.
+
+Episodic meta-training of the encoder is ProtoNet (Snell et al. 2017) on unit embeddings scaled by sqrt(s):
+
+    logit_n(q) = -s * || f(q) - c_n ||^2,   c_n = mean_{x in S_n} f(x),   ||f(.)|| = 1
+
+(the bounded distances of unit vectors need the scale s to give a sharp softmax over 20-40 ways).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data.base import ArrayDataset, FewShotDataset
+from ..data.intents import TextDataset
+
+__all__ = ["ScaledEncoder", "token_dataset", "embedding_dataset", "meta_train_encoder"]
+
+
+class ScaledEncoder(nn.Module):
+    """``module(x) * sqrt(scale)``: squared distances between its outputs are ``scale`` times those of unit vectors."""
+
+    def __init__(self, module: nn.Module, scale: float = 20.0):
+        super().__init__()
+        self.module = module
+        self.factor = math.sqrt(float(scale))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x) * self.factor
+
+
+class _TimeLimit:
+    """Stop meta-training (checkpointed) once ``seconds`` of training have passed (across resumes)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, trainer, step: int, metrics: dict) -> None:
+        if trainer.elapsed >= self.seconds:
+            trainer.should_stop = True
+
+
+def token_dataset(encoder, data: TextDataset, min_examples: int = 1) -> FewShotDataset:
+    """Token ids ``[M, L]`` grouped by intent (intents with fewer than ``min_examples`` texts left out)."""
+    keep = np.flatnonzero(data.counts() >= min_examples)
+    if keep.size == 0:
+        raise ValueError(f"{data.name}: no intent has {min_examples} examples")
+    mask = np.isin(data.labels, keep)
+    texts = [t for t, m in zip(data.texts, mask) if m]
+    ids = encoder.tokenize(texts)
+    return ArrayDataset(ids, torch.as_tensor(data.labels[mask]), class_names=list(data.classes), name=data.name)
+
+
+def embedding_dataset(vectors: Tensor, data: TextDataset, min_examples: int = 1) -> FewShotDataset:
+    """Embeddings ``[M, D]`` (one row per text of ``data``) grouped by intent, as a FewShotDataset."""
+    keep = np.flatnonzero(data.counts() >= min_examples)
+    if keep.size == 0:
+        raise ValueError(f"{data.name}: no intent has {min_examples} examples")
+    mask = torch.as_tensor(np.isin(data.labels, keep))
+    return ArrayDataset(vectors[mask].float(), torch.as_tensor(data.labels)[mask.numpy()],
+                        class_names=list(data.classes), name=data.name)
+
+
+def meta_train_encoder(encoder, source: TextDataset, *, steps: int, ways: int, shots: int, queries: int,
+                       meta_batch: int, lr: float, scale: float, train_last: int | None, seed: int,
+                       out: str | Path | None, progress: bool, time_limit: float | None = None,
+                       resume: bool = False) -> dict:
+    """ProtoNet meta-training of ``encoder.module`` on episodes of ``source`` with the shared Trainer (checkpoints
+    ``last.pt`` / ``metrics.csv`` in ``out``); returns a summary. ``time_limit`` is in seconds."""
+    from ..algorithms import ProtoNet
+    from ..tasks import EpisodeSampler
+    from ..training import Trainer
+
+    dataset = token_dataset(encoder, source, min_examples=shots + queries)
+    ways = min(ways, len(dataset.classes))
+    sampler = EpisodeSampler(dataset, ways=ways, shots=shots, queries=queries, batch_size=meta_batch, seed=seed)
+    module = encoder.module.train_last(train_last)
+    learner = ProtoNet(ScaledEncoder(module, scale), strategy="loop")
+    trainer = Trainer(learner, sampler, steps=steps, lr=lr, optimizer="adamw", optimizer_kwargs={"weight_decay": 0.01},
+                      schedule="cosine", val_every=None, out=out, log_every=10, checkpoint_every=max(1, steps // 4),
+                      progress=progress, seed=seed, tensorboard=False, cpu_caching_allocator=False,
+                      callbacks=[_TimeLimit(time_limit)] if time_limit else ())
+    can_resume = resume and out is not None and (Path(out) / "last.pt").is_file()
+    history = trainer.fit(resume=True if can_resume else False, overwrite=not can_resume)
+    module.requires_grad_(True)
+    module.eval()
+    rows = history.train
+    return {"steps": trainer.step, "intents": len(dataset.classes), "texts": int(dataset.examples.shape[0]),
+            "final_loss": rows[-1].get("loss") if rows else None,
+            "final_accuracy": rows[-1].get("accuracy") if rows else None, "seconds": trainer.elapsed}
