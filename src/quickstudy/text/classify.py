@@ -78,7 +78,7 @@ def oos_metrics(top_probability: Tensor, predicted: Tensor, labels: Tensor, thre
     """In-scope accuracy, out-of-scope recall and precision, with label ``-1`` meaning out of scope (Larson et al.).
 
     In-scope accuracy counts an in-scope text as right only if it is not rejected and its intent is right."""
-    rejected = top_probability < threshold
+    rejected = top_probability.double() < threshold
     is_oos = labels < 0
     in_scope = ~is_oos
     right = (~rejected) & (predicted == labels)
@@ -91,19 +91,22 @@ def oos_metrics(top_probability: Tensor, predicted: Tensor, labels: Tensor, thre
 
 def choose_threshold(top_probability: Tensor, predicted: Tensor, labels: Tensor, criterion: str = "balanced") -> float:
     """The threshold on validation data (labels ``-1`` = out of scope) maximising ``balanced`` = the mean of in-scope
-    accuracy and out-of-scope recall, or ``f1`` = the out-of-scope F1; ties go to the lowest threshold."""
+    accuracy and out-of-scope recall, or ``f1`` = the out-of-scope F1. Candidates lie halfway between neighbouring
+    top probabilities (and below / above them all); ties go to the lowest threshold."""
     check_choice("choose_threshold", "criterion", criterion, ("balanced", "f1"))
     if not bool((labels < 0).any()) or not bool((labels >= 0).any()):
         raise ValueError("choose_threshold: the validation data needs both in-scope and out-of-scope texts")
-    candidates = torch.unique(torch.cat([top_probability, torch.tensor([0.0])]))
+    top = top_probability.double()
+    values = torch.unique(top)  # sorted; a threshold between two neighbours, below all or above all
+    candidates = torch.cat([values[:1] / 2, (values[1:] + values[:-1]) / 2, (values[-1:] + 1) / 2]).tolist()
     best, best_score = 0.0, -1.0
-    for t in candidates.tolist():
-        m = oos_metrics(top_probability, predicted, labels, t + 1e-12)
+    for t in candidates:
+        m = oos_metrics(top, predicted, labels, t)
         if criterion == "balanced":
             score = (m["in_scope_accuracy"] + m["oos_recall"]) / 2
         else:
             p, r = m["oos_precision"], m["oos_recall"]
             score = 0.0 if not (p == p) or p + r == 0 else 2 * p * r / (p + r)
         if score > best_score + 1e-12:
-            best, best_score = t + 1e-12, score
+            best, best_score = t, score
     return float(best)

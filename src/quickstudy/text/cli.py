@@ -24,9 +24,8 @@ def _print_json(payload: dict) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .._atomic import atomic_write_text
     from .extra import require_text_extra
-    from .kind import load_config, train
+    from .kind import load_config, target_data, train
 
-    require_text_extra("quickstudy intents train")
     import yaml
 
     raw = {"kind": "text", "name": Path(args.out).name, "seed": args.seed,
@@ -38,6 +37,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.oos_threshold is not None:
         raw["oos"] = {"enabled": True, "threshold": args.oos_threshold}
     config, resolved = load_config(raw=raw)
+    target_data(config, "train")  # bad input fails here, naming the file, row and column
+    require_text_extra("quickstudy intents train")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))

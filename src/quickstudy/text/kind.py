@@ -90,6 +90,7 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     stages: dict[str, float] = {}
+    train_set = target_data(config, "train") if config.protocol == "fixed-split" else None  # bad data fails first
     encoder = load_encoder(config.encoder.name, config.encoder.max_length)
     modified = False
     summary: dict = {"kind": NAME, "protocol": config.protocol, "seed": config.seed}
@@ -108,7 +109,6 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
         IntentModel(encoder, _empty_classifier(encoder.dim), [], None, modified).save(run_dir)
         _write_summary(run_dir, summary, stages, started)
         return
-    train_set = target_data(config, "train")
     ids = encoder.tokenize(list(train_set.texts))
     labels = torch.as_tensor(train_set.labels)
     head = None
