@@ -112,6 +112,28 @@ def test_train_last_freezes_all_but_the_last_layers():
 
 
 @needs_text
+@pytest.mark.parametrize("start", [0, 1, 2])
+def test_forward_from_a_layer_equals_the_full_forward(start):
+    encoder = tiny_encoder(layers=2)
+    ids = encoder.tokenize(["short", "a much longer message than the first one", "top up"])
+    hidden, mask = encoder.module.hidden_below(ids, start)
+    assert torch.allclose(encoder.module.forward_from(hidden, mask, start), encoder.module(ids), atol=1e-5)
+
+
+@needs_text
+def test_last_layer_finetuning_changes_only_that_layer():
+    from quickstudy.text.finetune import FinetuneSettings, contrastive_finetune
+
+    encoder = tiny_encoder(layers=2)
+    data = from_pairs(TOY, "toy")
+    before = {n: p.detach().clone() for n, p in encoder.module.named_parameters()}
+    contrastive_finetune(encoder.module, encoder.tokenize(list(data.texts)), torch.as_tensor(data.labels),
+                         FinetuneSettings(epochs=2, lr=1e-3, batch_size=6, train_last=1), seed=0)
+    changed = {n for n, p in encoder.module.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("transformer.encoder.layer.1.") for n in changed)
+
+
+@needs_text
 def test_padding_does_not_change_an_embedding():
     encoder = tiny_encoder()
     ids = encoder.tokenize(["short", "a much longer message than the first one"])

@@ -63,12 +63,39 @@ class SentenceEncoder(nn.Module):
         length = max(1, int(mask.sum(1).max()))  # drop all-padding columns
         ids, mask = ids[:, :length], mask[:, :length]
         hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return self._pool(hidden, mask)
+
+    def _pool(self, hidden: Tensor, mask: Tensor) -> Tensor:
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return F.normalize(pooled, dim=-1)
+
+    @torch.no_grad()
+    def hidden_below(self, ids: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """``(h, mask)``: the input of transformer layer ``start`` (``[n, L', D]``) and the token mask, without
+        gradients. With the layers below ``start`` frozen, :meth:`forward_from` on them equals :meth:`forward`, so
+        fine-tuning the last layers runs the frozen ones once instead of in every epoch."""
+        mask = ids != self.pad_id
+        length = max(1, int(mask.sum(1).max()))
+        ids, mask = ids[:, :length], mask[:, :length]
+        out = self.transformer(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        return out.hidden_states[start], mask
+
+    def forward_from(self, hidden: Tensor, mask: Tensor, start: int) -> Tensor:
+        """Transformer layers ``start..`` then pooling, from the input of layer ``start`` (see :meth:`hidden_below`)."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        length = max(1, int(mask.sum(1).max()))
+        hidden, mask = hidden[:, :length], mask[:, :length]
+        attention = create_bidirectional_mask(config=self.transformer.config, inputs_embeds=hidden,
+                                              attention_mask=mask.long())
+        for layer in self.layers()[start:]:
+            out = layer(hidden, attention)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return self._pool(hidden, mask)
 
     def layers(self) -> list[nn.Module]:
         encoder = getattr(self.transformer, "encoder", None)

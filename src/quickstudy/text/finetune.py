@@ -100,6 +100,16 @@ def contrastive_finetune(module: SentenceEncoder, ids: Tensor, labels: Tensor, s
             z = torch.cat([module(ids[i:i + 128]) for i in range(0, ids.shape[0], 128)])
         class_means = torch.stack([z[labels == c].mean(0) for c in range(ways)])
     head = torch.nn.Parameter(F.normalize(class_means.detach().clone(), dim=1))
+    # last layers only: the frozen layers run once here, not in every epoch (same result, a fraction of the time)
+    start = len(module.layers()) - settings.train_last if settings.train_last is not None else None
+    cached = None
+    if start is not None:
+        module.eval()
+        parts = [module.hidden_below(ids[i:i + 128], start) for i in range(0, ids.shape[0], 128)]
+        width = max(h.shape[1] for h, _ in parts)
+        hidden = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for h, _ in parts])
+        mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts])
+        cached = (hidden, mask)
     encoder_params = [p for p in module.parameters() if p.requires_grad]
     groups = [{"params": [head], "lr": settings.head_lr}]
     if encoder_params:
@@ -120,7 +130,7 @@ def contrastive_finetune(module: SentenceEncoder, ids: Tensor, labels: Tensor, s
     try:
         for _ in range(settings.epochs):
             for rows in class_balanced_batches(labels, settings.batch_size, settings.per_class, generator):
-                z = module(ids[rows])
+                z = module(ids[rows]) if cached is None else module.forward_from(cached[0][rows], cached[1][rows], start)
                 y = labels[rows]
                 loss = F.cross_entropy(settings.scale * z @ F.normalize(head, dim=1).T, y)
                 if settings.supcon > 0:
