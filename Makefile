@@ -16,7 +16,7 @@ $(VENV)/.base: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install -e ".[test]"
+	$(PIP) install $(TORCH) -e ".[test]"
 	touch $@
 
 install: $(VENV)/.base

@@ -78,3 +78,17 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="must not hold the target data set"):
         kind.load_config(raw={"kind": "text", "data": {"dataset": "banking77"},
                               "meta_train": {"sources": ["banking77"], "steps": 5}})
+
+
+def test_every_shipped_text_config_validates():
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).parent.parent / "configs" / "text").glob("*.yaml"))
+    cells = {f"{d}-{k}shot" for d in ("banking77", "clinc150", "hwu64") for k in (5, 10)}
+    assert cells <= {p.stem for p in paths}  # one config per published cell
+    for path in paths:
+        config, resolved = kind.load_config(path)
+        assert resolved["name"] == config.name == path.stem
+        if config.protocol == "fixed-split":
+            assert config.reference, f"{path.name} names the published numbers it is compared with"
+            assert config.data.dataset not in config.meta_train.sources
