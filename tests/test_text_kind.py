@@ -4,6 +4,7 @@ fine-tune, classifier, out-of-scope threshold), evaluate, format, report; the ep
 import json
 
 import pytest
+import torch
 import yaml
 
 from quickstudy.config import ConfigError
@@ -40,13 +41,20 @@ def write_run(tmp_path, raw):
 def test_fixed_split_train_evaluate_report(mini, tmp_path):
     config, run = write_run(tmp_path, {
         "kind": "text", "name": "mini", "data": {"dataset": "clinc150", "shots": 5},
-        "meta_train": {"sources": ["banking77"], "steps": 2, "ways": 3, "shots": 1, "queries": 1},
-        "finetune": {"epochs": 2, "batch_size": 6}, "classifier": {"name": "logistic"}, "oos": {"enabled": True}})
+        "meta_train": {"sources": ["banking77"], "steps": 2, "ways": 3, "shots": 1, "queries": 1, "train_last": 1},
+        "finetune": {"epochs": 2, "batch_size": 6, "train_last": 1}, "classifier": {"name": "logistic"},
+        "oos": {"enabled": True}})
     kind.train(config, run, progress=False)
     summary = json.loads((run / "train.json").read_text())
     assert summary["meta_train"]["steps"] == 2 and summary["intents"] == 4
     assert set(summary["minutes"]) >= {"meta_train", "finetune", "classifier", "oos_threshold", "total"}
     assert (run / "meta" / "last.pt").is_file() and (run / "intent_model.pt").is_file()
+    from quickstudy.text.model import IntentModel
+
+    model = IntentModel.load(run)
+    assert model.frozen_below == 1 and model.encoder_modified  # the last layer only was trained
+    texts = ["book a flight", "play some music"]
+    assert torch.allclose(model.embed(texts), model.encoder.encode(texts), atol=1e-5)
     result = kind.evaluate(run, progress=False)
     assert json.loads((run / "eval.json").read_text()) == result
     assert 0.0 <= result["mean"] <= 1.0 and result["test_texts"] == 12

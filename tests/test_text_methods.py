@@ -173,3 +173,14 @@ def test_protonet_meta_training_of_the_encoder_with_the_trainer(tmp_path):
     summary = meta_train_encoder(encoder, data, steps=5, ways=3, shots=2, queries=2, meta_batch=2, lr=1e-3, scale=20.0,
                                  train_last=None, seed=0, out=tmp_path / "meta", progress=False, resume=True)
     assert summary["steps"] == 5  # resumed from step 3
+
+
+@needs_text
+def test_encode_from_frozen_layers_equals_full_encoding():
+    encoder = tiny_encoder(layers=2)
+    texts = ["short", "a much longer message than the first one", "top up", "card"]
+    full = encoder.encode(texts, batch_size=3)
+    assert torch.allclose(encoder.encode_from(texts, 1, batch_size=3), full, atol=1e-5)
+    with torch.no_grad():  # train the last layer: the memoised frozen part still gives the new full forward
+        encoder.module.transformer.encoder.layer[1].output.dense.weight.mul_(1.5)
+    assert torch.allclose(encoder.encode_from(texts, 1, batch_size=3), encoder.encode(texts), atol=1e-5)

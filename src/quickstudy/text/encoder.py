@@ -39,6 +39,8 @@ from .extra import require_text_extra
 __all__ = ["DEFAULT_ENCODER", "SentenceEncoder", "TextEncoder", "EmbeddingCache", "load_encoder", "encoder_key"]
 
 DEFAULT_ENCODER = "minilm"
+_HIDDEN_MEMO: dict[tuple, list] = {}  # (encoder key, layer, texts digest) -> batches of frozen hidden states
+_HIDDEN_MEMO_SIZE = 4
 _BUNDLED_NAMES = (DEFAULT_ENCODER, "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 
 
@@ -210,6 +212,33 @@ class TextEncoder:
             if bar is not None:
                 bar.close()
             self.module.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def encode_from(self, texts: Sequence[str], start: int, batch_size: int = 128, progress: bool = False) -> Tensor:
+        """Embeddings of an encoder whose layers below ``start`` are the pristine (frozen) ones: their output is
+        computed once per process and text list (kept for the last few lists), then only layers ``start..`` run.
+        Evaluating several seeds of a last-layers fine-tuning costs a fraction of full encodings."""
+        texts = list(texts)
+        digest = hashlib.sha1("\x00".join(texts).encode("utf-8")).hexdigest()
+        memo_key = (self.key, int(start), digest)
+        batches = _HIDDEN_MEMO.get(memo_key)
+        was_training = self.module.training
+        self.module.eval()
+        if batches is None:
+            ids = self.tokenize(texts)
+            order = torch.argsort((ids != self.module.pad_id).sum(1), descending=True)
+            batches = []
+            for first in range(0, len(texts), batch_size):
+                rows = order[first:first + batch_size]
+                batches.append((rows, *self.module.hidden_below(ids[rows], start)))
+            if len(_HIDDEN_MEMO) >= _HIDDEN_MEMO_SIZE:
+                _HIDDEN_MEMO.pop(next(iter(_HIDDEN_MEMO)))
+            _HIDDEN_MEMO[memo_key] = batches
+        out = torch.empty(len(texts), self.dim)
+        for rows, hidden, mask in batches:
+            out[rows] = self.module.forward_from(hidden, mask, start).float()
+        self.module.train(was_training)
         return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 128, progress: bool = False, cache: bool = False) -> Tensor:

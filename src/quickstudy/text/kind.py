@@ -120,7 +120,8 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
         stages["finetune"] = time.perf_counter() - tick
         modified = True
     tick = time.perf_counter()
-    model = IntentModel(encoder, _empty_classifier(encoder.dim), list(train_set.classes), None, modified)
+    model = IntentModel(encoder, _empty_classifier(encoder.dim), list(train_set.classes), None, modified,
+                        _frozen_below(config, len(encoder.module.layers())))
     z = model.embed(train_set.texts, progress)
     model.classifier = fit_classifier(config.classifier.name, z, labels, len(train_set.classes), C=config.classifier.C,
                                       scale=ft.scale, head=head, seed=config.seed)
@@ -139,6 +140,18 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
     model.save(run_dir)
     summary.update(intents=len(train_set.classes), train_texts=len(train_set))
     _write_summary(run_dir, summary, stages, started)
+
+
+def _frozen_below(config: TextConfig, layers: int) -> int | None:
+    """The first layer any stage trained (None when a stage trained them all, or nothing was trained)."""
+    trained = []
+    if config.meta_train.steps > 0:
+        trained.append(config.meta_train.train_last)
+    if config.finetune.epochs > 0:
+        trained.append(config.finetune.train_last)
+    if not trained or any(k is None for k in trained):
+        return None
+    return layers - max(trained)
 
 
 def _empty_classifier(dim: int):

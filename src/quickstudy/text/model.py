@@ -29,9 +29,13 @@ class IntentModel:
     classes: list[str]
     threshold: float | None = None
     encoder_modified: bool = False
+    frozen_below: int | None = None  # layers below this one were never trained (None: all may have been)
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> Tensor:
-        """Unit embeddings; the on-disk cache serves the unmodified encoder."""
+        """Unit embeddings; the on-disk cache serves the unmodified encoder, the in-process cache of frozen layers one
+        whose last layers only were trained."""
+        if self.encoder_modified and self.frozen_below:
+            return self.encoder.encode_from(list(texts), self.frozen_below, progress=progress)
         return self.encoder.encode(list(texts), progress=progress, cache=not self.encoder_modified)
 
     def probabilities(self, texts: Sequence[str], progress: bool = False) -> Tensor:
@@ -62,6 +66,7 @@ class IntentModel:
             "classifier": self.classifier.state(),
             "classes": list(self.classes),
             "threshold": self.threshold,
+            "frozen_below": self.frozen_below,
         }
         with atomic_write(path) as handle:
             torch.save(payload, handle)
@@ -89,4 +94,4 @@ class IntentModel:
             encoder.module.load_state_dict(payload["encoder_state"])
         encoder.module.eval()
         return cls(encoder, EmbeddingClassifier.from_state(payload["classifier"]), list(payload["classes"]),
-                   payload["threshold"], modified)
+                   payload["threshold"], modified, payload.get("frozen_below"))
