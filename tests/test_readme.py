@@ -47,3 +47,19 @@ def test_readme_warm_start_example_runs():
     search = namespace["result"]["search"]
     assert len(search["trials"]) == 5 and len({t["configuration"] for t in search["trials"]}) == 5
     assert search["best"]["balanced_accuracy"] == max(t["balanced_accuracy"] for t in search["trials"])
+
+
+def test_readme_text_example_runs(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from quickstudy.text.extra import text_extra_available
+
+    if not text_extra_available():
+        pytest.skip("needs the 'text' extra: pip install 'quickstudy[text]'")
+    monkeypatch.setenv("QUICKSTUDY_CACHE", str(tmp_path))
+    text = README.read_text()
+    code = re.search(r"## Text: few-shot intent detection\n.*?```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert capsys.readouterr().out.startswith("card_damaged ")
+    assert tuple(namespace["z"].shape) == (6, 384)
