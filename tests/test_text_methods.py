@@ -184,3 +184,22 @@ def test_encode_from_frozen_layers_equals_full_encoding():
     with torch.no_grad():  # train the last layer: the memoised frozen part still gives the new full forward
         encoder.module.transformer.encoder.layer[1].output.dense.weight.mul_(1.5)
     assert torch.allclose(encoder.encode_from(texts, 1, batch_size=3), encoder.encode(texts), atol=1e-5)
+
+
+@needs_text
+def test_last_layers_meta_training_runs_on_frozen_hidden_states(tmp_path):
+    from quickstudy.text.episodes import UpperLayers, hidden_dataset, meta_train_encoder
+
+    encoder = tiny_encoder(layers=2)
+    data = from_pairs(TOY, "toy")
+    dataset = hidden_dataset(encoder, data, start=1)
+    assert dataset.examples.dim() == 3 and dataset.examples.dtype == torch.float32  # [M, L, D] hidden states
+    rows = torch.arange(len(data))
+    upper = UpperLayers(encoder.module, 1)
+    ordered = [data.texts[i] for i in torch.argsort(torch.as_tensor(data.labels), stable=True)]
+    assert torch.allclose(upper(dataset.examples[rows]), encoder.encode(ordered), atol=1e-5)
+    before = {n: p.detach().clone() for n, p in encoder.module.named_parameters()}
+    meta_train_encoder(encoder, data, steps=2, ways=3, shots=2, queries=2, meta_batch=1, lr=1e-3, scale=20.0,
+                       train_last=1, seed=0, out=tmp_path / "meta", progress=False)
+    changed = {n for n, p in encoder.module.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("transformer.encoder.layer.1.") for n in changed)

@@ -69,6 +69,7 @@ class MetaTrainConfig(_Strict):
     lr: float = Field(3e-5, gt=0)
     scale: float = Field(20.0, gt=0)           # logits = -scale * squared distance of unit embeddings
     train_last: int | None = Field(None, ge=0)  # transformer layers trained (None: all)
+    per_intent: int | None = Field(None, ge=2)  # at most this many source texts per intent (a seeded subset)
     time_limit: float | None = Field(None, gt=0)  # minutes; stops early (checkpointed)
 
 

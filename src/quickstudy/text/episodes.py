@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from ..data.base import ArrayDataset, FewShotDataset
 from ..data.intents import TextDataset
 
-__all__ = ["ScaledEncoder", "token_dataset", "embedding_dataset", "meta_train_encoder"]
+__all__ = ["ScaledEncoder", "UpperLayers", "token_dataset", "hidden_dataset", "embedding_dataset",
+           "meta_train_encoder", "subsample"]
 
 
 class ScaledEncoder(nn.Module):
@@ -41,6 +42,33 @@ class ScaledEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.module(x) * self.factor
+
+
+class UpperLayers(nn.Module):
+    """The encoder's layers ``start..`` as a backbone of frozen hidden states: ``x [n, L, D]`` is the input of layer
+    ``start`` (from :meth:`SentenceEncoder.hidden_below`) with padding positions exactly zero (the mask is read back
+    from them: a real token's hidden state is never all zeros). Meta-training the last layers this way runs the
+    frozen layers once per text instead of once per episode."""
+
+    def __init__(self, module: nn.Module, start: int):
+        super().__init__()
+        self.module = module
+        self.start = int(start)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        mask = hidden.abs().sum(-1) > 0
+        return self.module.forward_from(hidden, mask, self.start)
+
+
+def subsample(data: TextDataset, per_intent: int | None, seed: int) -> TextDataset:
+    """At most ``per_intent`` texts of each intent (a seeded choice); ``None`` keeps all."""
+    if per_intent is None:
+        return data
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(data.labels == c))[:per_intent]
+                           for c in range(len(data.classes))])
+    keep.sort()
+    return TextDataset(tuple(data.texts[i] for i in keep), data.labels[keep], data.classes, data.name, data.source)
 
 
 class _TimeLimit:
@@ -65,6 +93,34 @@ def token_dataset(encoder, data: TextDataset, min_examples: int = 1) -> FewShotD
     return ArrayDataset(ids, torch.as_tensor(data.labels[mask]), class_names=list(data.classes), name=data.name)
 
 
+def hidden_dataset(encoder, data: TextDataset, start: int, min_examples: int = 1, batch_size: int = 128,
+                   progress: bool = False) -> FewShotDataset:
+    """Inputs of layer ``start`` ``[M, L, D]`` (padding zero) grouped by intent: the examples of :class:`UpperLayers`."""
+    keep = np.flatnonzero(data.counts() >= min_examples)
+    if keep.size == 0:
+        raise ValueError(f"{data.name}: no intent has {min_examples} examples")
+    mask = np.isin(data.labels, keep)
+    ids = encoder.tokenize([t for t, m in zip(data.texts, mask) if m])
+    width = max(1, int((ids != encoder.module.pad_id).sum(1).max()))
+    hidden = torch.zeros(ids.shape[0], width, encoder.dim)
+    encoder.module.eval()
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=ids.shape[0], desc="frozen layers", unit="text", file=sys.stderr, leave=False)
+    for first in range(0, ids.shape[0], batch_size):
+        h, m = encoder.module.hidden_below(ids[first:first + batch_size], start)
+        hidden[first:first + h.shape[0], :h.shape[1]] = h * m.unsqueeze(-1)
+        if bar is not None:
+            bar.update(h.shape[0])
+    if bar is not None:
+        bar.close()
+    return ArrayDataset(hidden, torch.as_tensor(data.labels[mask]), class_names=list(data.classes), name=data.name)
+
+
 def embedding_dataset(vectors: Tensor, data: TextDataset, min_examples: int = 1) -> FewShotDataset:
     """Embeddings ``[M, D]`` (one row per text of ``data``) grouped by intent, as a FewShotDataset."""
     keep = np.flatnonzero(data.counts() >= min_examples)
@@ -85,11 +141,17 @@ def meta_train_encoder(encoder, source: TextDataset, *, steps: int, ways: int, s
     from ..tasks import EpisodeSampler
     from ..training import Trainer
 
-    dataset = token_dataset(encoder, source, min_examples=shots + queries)
+    module = encoder.module.train_last(train_last)
+    if train_last is None:  # all layers: episodes of token ids
+        dataset = token_dataset(encoder, source, min_examples=shots + queries)
+        backbone: nn.Module = module
+    else:  # the last layers: episodes of frozen hidden states, the lower layers run once per text
+        start = len(module.layers()) - train_last
+        dataset = hidden_dataset(encoder, source, start, min_examples=shots + queries, progress=progress)
+        backbone = UpperLayers(module, start)
     ways = min(ways, len(dataset.classes))
     sampler = EpisodeSampler(dataset, ways=ways, shots=shots, queries=queries, batch_size=meta_batch, seed=seed)
-    module = encoder.module.train_last(train_last)
-    learner = ProtoNet(ScaledEncoder(module, scale), strategy="loop")
+    learner = ProtoNet(ScaledEncoder(backbone, scale), strategy="loop")
     trainer = Trainer(learner, sampler, steps=steps, lr=lr, optimizer="adamw", optimizer_kwargs={"weight_decay": 0.01},
                       schedule="cosine", val_every=None, out=out, log_every=10, checkpoint_every=max(1, steps // 4),
                       progress=progress, seed=seed, tensorboard=False, cpu_caching_allocator=False,

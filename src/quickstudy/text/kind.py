@@ -97,7 +97,9 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
     mt = config.meta_train
     if mt.steps > 0:
         tick = time.perf_counter()
-        source = source_data(config)
+        from .episodes import subsample
+
+        source = subsample(source_data(config), mt.per_intent, config.seed)
         summary["meta_train"] = meta_train_encoder(
             encoder, source, steps=mt.steps, ways=mt.ways, shots=mt.shots, queries=mt.queries,
             meta_batch=mt.meta_batch, lr=mt.lr, scale=mt.scale, train_last=mt.train_last, seed=config.seed,
