@@ -70,9 +70,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--label", default="method", help="row name in the table (e.g. the baseline's name)")
     parser.add_argument("--out", default="runs/text")
     parser.add_argument("--json", default=os.path.join(HERE, "out", "text_cells.json"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: the idle cores, quickstudy.experiment.choose_threads)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    from quickstudy.experiment import choose_threads
+
+    args.threads = args.threads or choose_threads()  # a busy core makes OpenMP's barrier waits dominate small ops
     torch.set_num_threads(args.threads)
     rows = []
     for path in args.configs:
