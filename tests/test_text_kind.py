@@ -100,3 +100,16 @@ def test_every_shipped_text_config_validates():
         if config.protocol == "fixed-split":
             assert config.reference, f"{path.name} names the published numbers it is compared with"
             assert config.data.dataset not in config.meta_train.sources
+
+
+def test_episodes_protocol_with_an_anil_head(mini, tmp_path):
+    config, run = write_run(tmp_path, {
+        "kind": "text", "name": "anil", "protocol": "episodes", "data": {"held_out_domains": ["banking", "music"]},
+        "meta_train": {"algorithm": "anil", "steps": 2, "shots": 1, "queries": 1},
+        "episodes": {"ways": [2], "shots": [1], "queries": 1, "episodes": 4}})
+    kind.train(config, run, progress=False)
+    assert (run / "anil_heads.pt").is_file() and (run / "anil-2way" / "last.pt").is_file()
+    result = kind.evaluate(run, progress=False)
+    assert result["learner"] == "ANIL" and result["cells"]["2-way 1-shot"]["episodes"] == 4
+    with pytest.raises(ConfigError, match="anil"):
+        kind.load_config(raw={"kind": "text", "meta_train": {"algorithm": "anil", "steps": 2}})

@@ -58,8 +58,9 @@ class EncoderConfig(_Strict):
 
 
 class MetaTrainConfig(_Strict):
-    """Episodic meta-training of the encoder (ProtoNet, Snell et al. 2017) on other labelled intent data."""
-    algorithm: Literal["protonet"] = "protonet"
+    """Episodic meta-training on other labelled intent data: of the encoder (ProtoNet, Snell et al. 2017), or of an
+    ANIL head on frozen embeddings (Raghu et al. 2020; episodes protocol, one head per way count)."""
+    algorithm: Literal["protonet", "anil"] = "protonet"
     sources: list[Literal["clinc150", "banking77", "hwu64"]] = Field(default_factory=list)
     steps: int = Field(0, ge=0)                # 0: no meta-training
     ways: int = Field(32, ge=2)
@@ -131,6 +132,8 @@ class TextConfig(_Strict):
             raise ValueError("meta_train.sources must name the data to meta-train on (meta_train.steps > 0)")
         if self.data.dataset in self.meta_train.sources:
             raise ValueError(f"meta_train.sources must not hold the target data set {self.data.dataset!r}")
+        if self.meta_train.algorithm == "anil" and self.protocol != "episodes":
+            raise ValueError("meta_train.algorithm: anil (a head with N outputs) is for protocol: episodes")
         if self.oos.enabled and self.data.dataset not in ("clinc150", "file"):
             raise ValueError("oos.enabled needs out-of-scope validation data: data.dataset clinc150 (oos_val)")
         return self

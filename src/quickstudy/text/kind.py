@@ -95,7 +95,18 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
     modified = False
     summary: dict = {"kind": NAME, "protocol": config.protocol, "seed": config.seed}
     mt = config.meta_train
-    if mt.steps > 0:
+    if mt.steps > 0 and mt.algorithm == "anil":
+        from .episodes import subsample
+        from .heads import train_anil_heads
+
+        tick = time.perf_counter()
+        source = subsample(source_data(config), mt.per_intent, config.seed)
+        summary["meta_train"] = train_anil_heads(
+            encoder, source, config.episodes.ways, steps=mt.steps, shots=mt.shots, queries=mt.queries,
+            meta_batch=mt.meta_batch, lr=mt.lr, seed=config.seed, run_dir=run_dir, progress=progress,
+            time_limit=time_limit if time_limit is not None else (mt.time_limit * 60 if mt.time_limit else None))
+        stages["meta_train"] = time.perf_counter() - tick
+    elif mt.steps > 0:
         tick = time.perf_counter()
         from .episodes import subsample
 
@@ -190,7 +201,7 @@ def evaluate(run_dir: Path, *, episodes: int | None = None, checkpoint: str = "b
     model = IntentModel.load(run_dir)
     started = time.perf_counter()
     if config.protocol == "episodes":
-        result = _evaluate_episodes(config, model, episodes, progress)
+        result = _evaluate_episodes(config, model, episodes, progress, run_dir)
     else:
         result = _evaluate_split(config, model, progress)
     result.update(experiment=config.name, kind=NAME, protocol=config.protocol, seed=config.seed,
@@ -235,7 +246,7 @@ def _episode_pool(config: TextConfig) -> intents.TextDataset:
     return intents.fewshot_split(target, "test", root)
 
 
-def _evaluate_episodes(config: TextConfig, model, episodes: int | None, progress: bool) -> dict:
+def _evaluate_episodes(config: TextConfig, model, episodes: int | None, progress: bool, run_dir: Path) -> dict:
     """N-way K-shot ProtoNet episodes on the trained encoder's embeddings of the pool's texts (encoded once: the
     prototypes of a frozen encoder are the same whether a text is encoded per episode or once)."""
     from ..algorithms import ProtoNet
@@ -247,24 +258,30 @@ def _evaluate_episodes(config: TextConfig, model, episodes: int | None, progress
     count = episodes or spec.episodes
     pool = _episode_pool(config)
     vectors = model.embed(pool.texts, progress)
-    learner = ProtoNet(ScaledEncoder(torch.nn.Identity(), config.meta_train.scale), strategy="loop")
+    protonet = ProtoNet(ScaledEncoder(torch.nn.Identity(), config.meta_train.scale), strategy="loop")
+    heads = {}
+    if config.meta_train.algorithm == "anil" and config.meta_train.steps > 0:
+        from .heads import load_anil_heads
+
+        heads = load_anil_heads(run_dir)
     cells = {}
     for shots in spec.shots:
         dataset = embedding_dataset(vectors, pool, min_examples=shots + spec.queries)
         for ways in spec.ways:
             sampler = EpisodeSampler(dataset, ways=ways, shots=shots, queries=spec.queries, batch_size=50,
                                      seed=spec.seed)
-            result = evaluate_tasks(learner, sampler, episodes=count, progress=progress)
+            result = evaluate_tasks(heads.get(ways, protonet), sampler, episodes=count, progress=progress)
             cells[f"{ways}-way {shots}-shot"] = {"mean": result.mean, "ci95": result.ci95, "episodes": result.n,
                                                  "intents": len(dataset.classes)}
     first = next(iter(cells.values()))
     return {"metric": "accuracy", "mean": first["mean"], "ci95": first["ci95"], "episodes": count,
+            "learner": "ANIL" if heads else "ProtoNet",
             "cells": cells, "pool": pool.name, "pool_texts": len(pool), "queries": spec.queries}
 
 
 def format_eval(result: dict) -> str:
     if result.get("cells"):
-        lines = [f"{result['experiment']}: ProtoNet episodes on {result['pool']} ({result['episodes']} per cell, "
+        lines = [f"{result['experiment']}: {result['learner']} episodes on {result['pool']} ({result['episodes']} per cell, "
                  "95% CI over episodes)"]
         lines += [f"  {cell}: {100 * v['mean']:.2f}% ± {100 * v['ci95']:.2f}%" for cell, v in result["cells"].items()]
     else:
