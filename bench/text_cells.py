@@ -51,13 +51,15 @@ def run_cell(config_path: str, seed: int, overrides: list[str], out_root: str, l
     os.makedirs(run, exist_ok=True)
     with open(os.path.join(run, "config.yaml"), "w") as handle:
         yaml.safe_dump(resolved, handle, sort_keys=False)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     kind.train(config, run, progress=progress)
     result = kind.evaluate(run, progress=progress)
     minutes = (time.perf_counter() - start) / 60
+    cpu_minutes = (time.process_time() - cpu_start) / 60
     train = json.loads(open(os.path.join(run, "train.json")).read())
     return {"config": config_path, "name": config.name, "label": label, "seed": seed, "overrides": overrides,
             "run_dir": run, "accuracy": result["mean"], "binomial_ci95": result["ci95"], "minutes": minutes,
+            "cpu_minutes": cpu_minutes,
             "train_minutes": train["minutes"], "oos": result.get("oos"), "cells": result.get("cells"),
             "reference": result.get("reference")}
 
@@ -87,12 +89,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {"config": path, "name": runs[0]["name"], "label": args.label, "overrides": args.overrides,
                "seeds": args.seeds, "mean": mean, "ci95": ci,
                "ci_over": "seeds (Student t)" if len(runs) > 1 else "test texts (binomial)",
-               "minutes_per_run": [round(r["minutes"], 2) for r in runs], "runs": runs,
+               "minutes_per_run": [round(r["minutes"], 2) for r in runs],
+               "cpu_minutes_per_run": [round(r["cpu_minutes"], 2) for r in runs], "runs": runs,
                "reference": runs[0]["reference"], "machine": machine_info(), "threads": args.threads}
         rows.append(row)
         refs = "; ".join(f"{r['source']}: {r['value']}" for r in row["reference"] or [])
         print(f"| {row['name']} | {args.label} | {100 * mean:.2f} ± {100 * ci:.2f} | {len(runs)} seeds | "
-              f"{max(row['minutes_per_run']):.1f} min | {refs} |", flush=True)
+              f"{max(row['minutes_per_run']):.1f} min wall, {max(row['cpu_minutes_per_run']):.1f} min CPU | {refs} |",
+              flush=True)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     existing = json.loads(open(args.json).read()) if os.path.isfile(args.json) else []
     with open(args.json, "w") as handle:

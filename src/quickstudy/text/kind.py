@@ -88,7 +88,7 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     stages: dict[str, float] = {}
     train_set = target_data(config, "train") if config.protocol == "fixed-split" else None  # bad data fails first
     encoder = load_encoder(config.encoder.name, config.encoder.max_length)
@@ -120,7 +120,7 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
         modified = True
     if config.protocol == "episodes":
         IntentModel(encoder, _empty_classifier(encoder.dim), [], None, modified).save(run_dir)
-        _write_summary(run_dir, summary, stages, started)
+        _write_summary(run_dir, summary, stages, started, cpu_started)
         return
     ids = encoder.tokenize(list(train_set.texts))
     labels = torch.as_tensor(train_set.labels)
@@ -152,7 +152,7 @@ def train(config: TextConfig, run_dir: Path, *, resume: bool = False, progress: 
         stages["oos_threshold"] = time.perf_counter() - tick
     model.save(run_dir)
     summary.update(intents=len(train_set.classes), train_texts=len(train_set))
-    _write_summary(run_dir, summary, stages, started)
+    _write_summary(run_dir, summary, stages, started, cpu_started)
 
 
 def _frozen_below(config: TextConfig, layers: int) -> int | None:
@@ -173,9 +173,11 @@ def _empty_classifier(dim: int):
     return EmbeddingClassifier(torch.zeros(0, dim), torch.zeros(0), 1.0, "none")
 
 
-def _write_summary(run_dir: Path, summary: dict, stages: dict[str, float], started: float) -> None:
+def _write_summary(run_dir: Path, summary: dict, stages: dict[str, float], started: float, cpu_started: float) -> None:
     summary["minutes"] = {k: round(v / 60, 3) for k, v in stages.items()}
     summary["minutes"]["total"] = round((time.perf_counter() - started) / 60, 3)
+    # CPU time of this process: on a machine shared with other jobs, what the run itself consumed
+    summary["cpu_minutes"] = round((time.process_time() - cpu_started) / 60, 3)
     summary["threads"] = torch.get_num_threads()
     atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2) + "\n")
 
