@@ -28,11 +28,11 @@ _deprecated.install()
 
 
 def __getattr__(name: str):
-    # quickstudy.rl (gymnasium) and quickstudy.automl (Optuna, scikit-learn, pymfe: the 'automl' extra) load
+    # quickstudy.rl (gymnasium), quickstudy.automl (the automl extra) and quickstudy.text (the text extra) load
     # on first use, so `import quickstudy` stays light
     import importlib
 
-    if name in ("rl", "automl"):
+    if name in ("rl", "automl", "text"):
         return importlib.import_module(f".{name}", __name__)
     if name in ("cpu_allocator", "native"):
         return _deprecated.moved(f"{__name__}.{name}")
@@ -43,7 +43,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "__version__",
-    "algorithms", "data", "kernels", "models", "tasks", "training", "rl", "automl",
+    "algorithms", "data", "kernels", "models", "tasks", "training", "rl", "automl", "text",
     "TaskBatch", "EpisodeSampler", "FixedEpisodes", "Sinusoid",
     "MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "ProtoNet", "FineTune",
     "Trainer", "evaluate", "evaluate_regression_steps", "EvalResult", "NonFiniteLossError",
