@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from quickstudy.experiment import machine_info  # noqa: E402
+from quickstudy.runs import machine_info  # noqa: E402
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="intra-op threads (default: the idle cores, quickstudy.experiment.choose_threads)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    from quickstudy.experiment import choose_threads
+    from quickstudy.runs import choose_threads
 
     args.threads = args.threads or choose_threads()  # a busy core makes OpenMP's barrier waits dominate small ops
     torch.set_num_threads(args.threads)

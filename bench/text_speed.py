@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
 import torch  # noqa: E402
 
-from quickstudy.experiment import machine_info  # noqa: E402
+from quickstudy.runs import machine_info  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -113,3 +113,19 @@ def test_episodes_protocol_with_an_anil_head(mini, tmp_path):
     assert result["learner"] == "ANIL" and result["cells"]["2-way 1-shot"]["episodes"] == 4
     with pytest.raises(ConfigError, match="anil"):
         kind.load_config(raw={"kind": "text", "meta_train": {"algorithm": "anil", "steps": 2}})
+
+
+def test_the_shared_cli_runs_a_text_config(mini, tmp_path, capsys):
+    from quickstudy.cli import main
+
+    config = tmp_path / "mini.yaml"
+    config.write_text(yaml.safe_dump({"kind": "text", "name": "mini-cli", "data": {"dataset": "clinc150", "shots": 5},
+                                      "classifier": {"name": "prototypes"}}))
+    run = tmp_path / "cli-run"
+    assert main(["train", str(config), "--out", str(run), "--json", "--quiet", "--eval"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["run_dir"] == str(run) and 0.0 <= payload["eval"]["mean"] <= 1.0
+    assert main(["eval", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_texts"] == 12
+    assert main(["report", str(run), "--json"]) == 0
+    assert any(f.endswith("report.md") for f in json.loads(capsys.readouterr().out)["files"])

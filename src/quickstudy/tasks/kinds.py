@@ -64,6 +64,7 @@ def register_kind(name: str, module: str, description: str, extra: str | None = 
 register_kind("episodes", "quickstudy.experiment", "few-shot classification and regression episodes (images, "
               "sinusoids)")
 register_kind("rl", "quickstudy.rl.kind", "meta-reinforcement learning on task families of environments")
+register_kind("text", "quickstudy.text.kind", "few-shot intent detection on text (sentence encoder)", extra="text")
 
 
 def get_kind(name: Any, source: str = "config") -> TaskKind:

@@ -71,17 +71,6 @@ def subsample(data: TextDataset, per_intent: int | None, seed: int) -> TextDatas
     return TextDataset(tuple(data.texts[i] for i in keep), data.labels[keep], data.classes, data.name, data.source)
 
 
-class _TimeLimit:
-    """Stop meta-training (checkpointed) once ``seconds`` of training have passed (across resumes)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_step_end(self, trainer, step: int, metrics: dict) -> None:
-        if trainer.elapsed >= self.seconds:
-            trainer.should_stop = True
-
-
 def token_dataset(encoder, data: TextDataset, min_examples: int = 1) -> FewShotDataset:
     """Token ids ``[M, L]`` grouped by intent (intents with fewer than ``min_examples`` texts left out)."""
     keep = np.flatnonzero(data.counts() >= min_examples)
@@ -140,6 +129,7 @@ def meta_train_encoder(encoder, source: TextDataset, *, steps: int, ways: int, s
     from ..algorithms import ProtoNet
     from ..tasks import EpisodeSampler
     from ..training import Trainer
+    from ..training.callbacks import TimeLimit
 
     module = encoder.module.train_last(train_last)
     if train_last is None:  # all layers: episodes of token ids
@@ -155,7 +145,7 @@ def meta_train_encoder(encoder, source: TextDataset, *, steps: int, ways: int, s
     trainer = Trainer(learner, sampler, steps=steps, lr=lr, optimizer="adamw", optimizer_kwargs={"weight_decay": 0.01},
                       schedule="cosine", val_every=None, out=out, log_every=10, checkpoint_every=max(1, steps // 4),
                       progress=progress, seed=seed, tensorboard=False, cpu_caching_allocator=False,
-                      callbacks=[_TimeLimit(time_limit)] if time_limit else ())
+                      callbacks=[TimeLimit(time_limit)] if time_limit else ())
     can_resume = resume and out is not None and (Path(out) / "last.pt").is_file()
     history = trainer.fit(resume=True if can_resume else False, overwrite=not can_resume)
     module.requires_grad_(True)

@@ -33,7 +33,8 @@ def train_anil_heads(encoder, source: TextDataset, ways_list: list[int], *, step
     """One ANIL per way count on episodes of ``source``'s cached frozen embeddings; saves ``RUN/anil_heads.pt``."""
     from ..tasks import EpisodeSampler
     from ..training import Trainer
-    from .episodes import _TimeLimit, embedding_dataset
+    from ..training.callbacks import TimeLimit
+    from .episodes import embedding_dataset
 
     vectors = encoder.encode(list(source.texts), cache=True, progress=progress)
     dataset = embedding_dataset(vectors, source, min_examples=shots + queries)
@@ -44,7 +45,7 @@ def train_anil_heads(encoder, source: TextDataset, ways_list: list[int], *, step
         sampler = EpisodeSampler(dataset, ways=ways, shots=shots, queries=queries, batch_size=meta_batch, seed=seed)
         trainer = Trainer(learner, sampler, steps=steps, lr=lr, val_every=None, out=run_dir / f"anil-{ways}way",
                           log_every=10, checkpoint_every=steps, progress=progress, seed=seed, tensorboard=False,
-                          cpu_caching_allocator=False, callbacks=[_TimeLimit(time_limit)] if time_limit else ())
+                          cpu_caching_allocator=False, callbacks=[TimeLimit(time_limit)] if time_limit else ())
         history = trainer.fit(overwrite=True)
         states[str(ways)] = learner.state_dict()
         rows = history.train

@@ -18,20 +18,21 @@ from .._atomic import atomic_write_text
 from ..data import intents
 from .config import TextConfig, load_text_config
 
-__all__ = ["NAME", "load_config", "train", "evaluate", "format_eval", "report", "source_data", "target_data"]
+__all__ = ["NAME", "STEPS_KEY", "load_config", "train", "evaluate", "format_eval", "report", "source_data", "target_data"]
 
 NAME = "text"
+STEPS_KEY = "meta_train.steps"  # what the CLI's --steps overrides
 
 
 def load_config(path=None, overrides=None, raw=None) -> tuple[TextConfig, dict]:
     return load_text_config(path, overrides, raw)
 
 
-def _run_config(run_dir: Path) -> TextConfig:
+def _run_config(run_dir: Path, overrides: list[str] | None = None) -> TextConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.yaml; not a run folder")
-    return load_text_config(path)[0]
+    return load_text_config(path, overrides)[0]
 
 
 # --------------------------------------------------------------------------- data of a config
@@ -193,13 +194,14 @@ def _oos_split(config: TextConfig, split: str, classes: list[str]) -> tuple[list
 
 
 # --------------------------------------------------------------------------- evaluate
-def evaluate(run_dir: Path, *, episodes: int | None = None, checkpoint: str = "best", progress: bool = True) -> dict:
+def evaluate(run_dir: Path, *, episodes: int | None = None, checkpoint: str = "best", progress: bool = True,
+             overrides: list[str] | None = None) -> dict:
     """Score the run on its test data and write ``eval.json``. ``checkpoint`` is accepted for the shared interface:
-    a text run keeps one final model."""
+    a text run keeps one final model. ``overrides``: ``episodes.*`` / ``oos.*`` keys for this evaluation."""
     from .model import IntentModel
 
     run_dir = Path(run_dir)
-    config = _run_config(run_dir)
+    config = _run_config(run_dir, overrides)
     model = IntentModel.load(run_dir)
     started = time.perf_counter()
     if config.protocol == "episodes":
