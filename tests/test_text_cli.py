@@ -39,6 +39,12 @@ def test_trained_on_a_tiny_csv_it_predicts_its_own_texts(tmp_path, capsys, monke
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "label\tprobability\tout_of_scope\ttext" and len(lines) == 3  # blank lines skipped
     assert lines[1].startswith("arrival\t") and lines[2].startswith("top_up\t")
+    from quickstudy.text.model import IntentModel
+
+    model = IntentModel.load(run)
+    model.threshold = 0.999  # no message is that sure: every one is flagged out of scope, its intent kept
+    flagged = model.predict(["my card has not arrived"])[0]
+    assert flagged["out_of_scope"] is True and flagged["label"] == "oos" and flagged["intent"] == "arrival"
 
 
 def error_of(capsys, argv):
