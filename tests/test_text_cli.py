@@ -103,3 +103,11 @@ def test_without_the_extra_the_message_names_it(tmp_path, capsys, monkeypatch):
     data = write_csv(tmp_path / "d.csv", [("hello", "a"), ("hi", "a"), ("bye", "b"), ("ciao", "b")])
     err = error_of(capsys, ["intents", "train", str(data), "--label-column", "intent", "--out", str(tmp_path / "r")])
     assert "needs the 'text' extra (missing: sentence_transformers): pip install 'quickstudy[text]'" in err
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_intents_subcommands_have_help(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["intents", command, "--help"])
+    assert stop.value.code == 0
+    assert f"usage: quickstudy intents {command}" in capsys.readouterr().out
