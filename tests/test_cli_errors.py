@@ -46,6 +46,8 @@ def base(tmp_path_factory):
         "table.csv": "a,b,label\n1,2,x\n3,4,y\n5,6,\n7,8,x\n9,1,y\n",
         "one_class.csv": "a,label\n1,x\n2,x\n3,x\n", "empty.csv": "",
         "clean.csv": "a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n",
+        "one_message.csv": "text,label\nhi,greet\nbye,leave\nciao,leave\n",
+        "no_text.csv": "message,label\nhi,greet\n",
     }
     for name, text in texts.items():
         (root / name).write_text(text)
@@ -132,6 +134,11 @@ ROWS = [
     ("recommend", ["{root}/one_class.csv", "--target", "label"], "fewer than two classes"),
     ("recommend", ["{root}/empty.csv", "--target", "label"], "empty.csv"),
     ("recommend", ["{root}/clean.csv", "--target", "label", "--top", "0"], "--top"),
+    ("intents", ["train", "{root}/missing.csv", "--out", "{root}/i"], "missing.csv: no such file"),
+    ("intents", ["train", "{root}/no_text.csv", "--out", "{root}/i"], "no column 'text'"),
+    ("intents", ["train", "{root}/one_message.csv", "--out", "{root}/i"], "label 'greet' (row 2) has 1 example"),
+    ("intents", ["train", "{root}/clean.csv", "--out", "{root}/i", "--oos-threshold", "2"], "oos.threshold"),
+    ("intents", ["predict", "{run}", "hello"], "not a text intent run"),
 ]
 
 
