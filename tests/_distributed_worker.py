@@ -143,6 +143,13 @@ def rl_train(out: str) -> dict:
     return torch.load(Path(out) / "last.pt", weights_only=True)
 
 
+def scores(distributed: bool = False) -> list[float]:
+    """Accuracy of each of 11 test tasks (batches of 4: shares 2 + 2, 2 + 2, 2 + 1 on two processes)."""
+    tasks = qs.EpisodeSampler(blobs(torch.float64), ways=3, shots=2, queries=3, batch_size=4, seed=5)
+    return qs.evaluate(learner("maml", torch.float64), tasks, episodes=11, progress=False,
+                       distributed=distributed).per_episode
+
+
 def diverge(rank: int) -> str:
     """Change one weight on rank 1 only and return what check_in_sync says on this rank."""
     model = learner("maml", torch.float64)
@@ -164,6 +171,8 @@ def worker(rank: int, world_size: int, port: int, specs: list[dict], results: st
         for number, spec in enumerate(specs):
             if spec.get("probe") == "diverge":
                 result = {"message": diverge(rank)}
+            elif spec.get("probe") == "evaluate":
+                result = {"per_episode": scores(distributed=True)}
             elif "rl_step" in spec:
                 result = rl_step(spec["rl_step"], DataParallel())
             elif "rl_train" in spec:

@@ -100,7 +100,7 @@ def two_process_runs(tmp_path_factory):
     """Every algorithm in float64, MAML and ProtoNet in float32, and a divergence probe, on 2 processes."""
     specs = [{"algorithm": name} for name in ALGORITHMS]
     specs += [{"algorithm": "maml", "dtype": "float32"}, {"algorithm": "protonet", "dtype": "float32"}]
-    specs += [{"probe": "diverge"}, {"rl_step": "trpo"}, {"rl_step": "ppo"}]
+    specs += [{"probe": "diverge"}, {"probe": "evaluate"}, {"rl_step": "trpo"}, {"rl_step": "ppo"}]
     results = tmp_path_factory.mktemp("two_processes")
     specs += [{"rl_train": str(results / "rl")}]
     spawn(2, specs, results)
@@ -133,6 +133,14 @@ def test_float32_differs_from_one_process_by_rounding_only(two_process_runs, alg
           f"1 process float32 vs float64: {float32_error:.3g}")
     assert difference <= max(1e-6, float32_error)  # no further from one process than float32 is from float64
     assert all(torch.equal(rank0["model"][k], rank1["model"][k]) for k in rank0["model"])
+
+
+def test_an_evaluation_split_over_two_processes_scores_every_episode_in_order(two_process_runs):
+    rank0, rank1 = two_process_runs[key(probe="evaluate")]
+    alone = runs.scores()
+    assert len(alone) == 11 and len(set(alone)) > 3  # distinct scores: an order mix-up would show
+    assert rank0["per_episode"] == pytest.approx(alone, abs=1e-12)
+    assert rank1["per_episode"] == rank0["per_episode"]  # gathered on every rank
 
 
 def test_a_divergent_rank_is_reported_on_every_rank(two_process_runs):

@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="meta-train from a YAML config",
                            description="Validate CONFIG (plus key=value overrides), write the resolved config, "
-                                       "train with logs and checkpoints into the run folder.")
+                                       "train with logs and checkpoints into the run folder. Launched by torchrun "
+                                       "(torchrun --nproc_per_node=P -m quickstudy train CONFIG), the P processes "
+                                       "share every meta-batch (docs/distributed.md).")
     train.add_argument("config", help="YAML config file (see configs/)")
     train.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.steps=100")
     train.add_argument("--out", default=None, help="run folder (default runs/<config name>)")

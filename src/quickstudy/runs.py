@@ -235,11 +235,13 @@ def choose_threads() -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU."""
+    """``"auto"``: CUDA when available, else CPU; under torchrun, ``cuda`` is this process's GPU
+    (``cuda:$LOCAL_RANK``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(name)
+        device = torch.device(name)
+        return DataParallel.local_device(device) if launched_by_torchrun() else device
     except RuntimeError as error:
         from .config import ConfigError
 

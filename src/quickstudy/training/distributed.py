@@ -201,10 +201,11 @@ class DataParallel:
         where each process initialised its model differently)."""
         with torch.no_grad():
             for tensor in list(module.parameters()) + list(module.buffers()):
-                moved = tensor.data.to(self.device)
+                data = tensor.data
+                moved = data.to(self.device)
                 dist.broadcast(moved, src=0)
-                if moved is not tensor.data:
-                    tensor.data.copy_(moved)
+                if moved is not data:
+                    data.copy_(moved)
 
     def gather_rows(self, rows: Tensor, positions: Tensor) -> Tensor:
         """Every rank's ``rows [n_r, k]`` (float64) in one ``[sum n_r, k]`` tensor, ordered by ``positions``
