@@ -82,6 +82,16 @@ def point(rank: int, world_size: int, port: int, spec: dict, result: str) -> Non
     trainer = qs.Trainer(learner, tasks, steps=spec["warmup"] + spec["steps"], lr=1e-3, val_every=None,
                          log_every=10**6, checkpoint_every=None, progress=False, device=device, callbacks=[clock],
                          distributed=spec["mode"] == "processes")
+    reduce, reduce_seconds = trainer.update.reduce_gradients, []
+    if reduce is not None:  # time the all-reduce of each step (gradients, metrics) on its own
+
+        def timed_reduce(*args):
+            tick = time.perf_counter()
+            out = reduce(*args)
+            reduce_seconds.append(time.perf_counter() - tick)
+            return out
+
+        trainer.update.reduce_gradients = timed_reduce
     cpu_before = time.process_time()
     trainer.fit()
     if rank == 0:
@@ -89,6 +99,7 @@ def point(rank: int, world_size: int, port: int, spec: dict, result: str) -> Non
         Path(result).write_text(json.dumps({
             "seconds": seconds, "tasks_per_s": spec["meta_batch"] * spec["steps"] / seconds,
             "ms_per_step": 1e3 * seconds / spec["steps"], "cpu_s_rank0": time.process_time() - cpu_before,
+            "allreduce_ms": 1e3 * sum(reduce_seconds[spec["warmup"]:]) / spec["steps"] if reduce_seconds else None,
             "strategy": trainer.learner.execution.resolve(spec["strategy"], threads_ok=True)}))
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -126,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()
     rows = []
-    print(f"{'mode':<10}{'P':>3}{'tasks/s':>10}{'ms/step':>10}{'efficiency':>12}  strategy", flush=True)
+    print(f"{'mode':<10}{'P':>3}{'tasks/s':>10}{'ms/step':>10}{'all-reduce ms':>15}{'efficiency':>12}  strategy",
+          flush=True)
     for procs in counts:  # interleaved: both modes of one P close in time
         modes = ["processes"] + ([] if args.no_threads or args.device == "cuda" else ["threads"])
         for mode in modes:
@@ -136,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["scaling_efficiency"] = row["tasks_per_s"] / (procs * base["tasks_per_s"])
             rows.append(row)
             eff = f"{row['scaling_efficiency']:.2f}" if "scaling_efficiency" in row else ""
-            print(f"{mode:<10}{procs:>3}{row['tasks_per_s']:>10.2f}{row['ms_per_step']:>10.1f}{eff:>12}  "
+            reduce = f"{row['allreduce_ms']:.1f}" if row.get("allreduce_ms") is not None else ""
+            print(f"{mode:<10}{procs:>3}{row['tasks_per_s']:>10.2f}{row['ms_per_step']:>10.1f}{reduce:>15}{eff:>12}  "
                   f"{row['strategy']}", flush=True)
     for procs in counts:
         pair = {r["mode"]: r for r in rows if r["P"] == procs}
