@@ -12,7 +12,10 @@ each P in ``--procs``, side by side in one run, every point in fresh processes:
 
 Each point trains ``--warmup`` + ``--steps`` meta-steps through the Trainer and times the last ``--steps``
 (rank 0's clock; every step ends with an all-reduce, so rank 0 waits for the slowest). Scaling efficiency is
-``tasks/s(P processes) / (P * tasks/s(1 process))``. Prints a table and writes JSON with the machine, the load
+``tasks/s(P processes) / (P * tasks/s(1 process))``. On a shared machine read ``tasks/CPU-s`` too: rank 0's
+tasks per second of its own CPU time, which other processes on the cores disturb much less than wall time;
+``CPU eff.`` is its ratio to one process (the work each process adds by being one of P: the all-reduce, the
+indices of the whole meta-batch). Prints a table and writes JSON with the machine, the load
 average before and after, and every point::
 
     .venv/bin/python bench/distributed.py                                  # P = 1, 2 (this machine: 2 cores)
@@ -72,11 +75,13 @@ def point(rank: int, world_size: int, port: int, spec: dict, result: str) -> Non
     class Clock(Callback):
         def __init__(self) -> None:
             self.ticks: list[float] = []
+            self.cpu: list[float] = []  # this process's CPU time: what other processes on the cores disturb less
 
         def on_step_end(self, trainer, step, metrics) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             self.ticks.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
     clock = Clock()
     trainer = qs.Trainer(learner, tasks, steps=spec["warmup"] + spec["steps"], lr=1e-3, val_every=None,
@@ -92,13 +97,15 @@ def point(rank: int, world_size: int, port: int, spec: dict, result: str) -> Non
             return out
 
         trainer.update.reduce_gradients = timed_reduce
-    cpu_before = time.process_time()
     trainer.fit()
     if rank == 0:
         seconds = clock.ticks[-1] - clock.ticks[spec["warmup"] - 1]
+        cpu_seconds = clock.cpu[-1] - clock.cpu[spec["warmup"] - 1]
+        share = spec["meta_batch"] // world_size + (1 if spec["meta_batch"] % world_size else 0)  # rank 0's tasks
         Path(result).write_text(json.dumps({
             "seconds": seconds, "tasks_per_s": spec["meta_batch"] * spec["steps"] / seconds,
-            "ms_per_step": 1e3 * seconds / spec["steps"], "cpu_s_rank0": time.process_time() - cpu_before,
+            "ms_per_step": 1e3 * seconds / spec["steps"], "cpu_s_rank0": cpu_seconds,
+            "tasks_per_cpu_s": share * spec["steps"] / cpu_seconds,
             "allreduce_ms": 1e3 * sum(reduce_seconds[spec["warmup"]:]) / spec["steps"] if reduce_seconds else None,
             "strategy": trainer.learner.execution.resolve(spec["strategy"], threads_ok=True)}))
     if dist.is_initialized():
@@ -137,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()
     rows = []
-    print(f"{'mode':<10}{'P':>3}{'tasks/s':>10}{'ms/step':>10}{'all-reduce ms':>15}{'efficiency':>12}  strategy",
-          flush=True)
+    print(f"{'mode':<10}{'P':>3}{'tasks/s':>10}{'ms/step':>10}{'all-reduce ms':>15}{'efficiency':>12}"
+          f"{'tasks/CPU-s':>13}{'CPU eff.':>10}  strategy", flush=True)
     for procs in counts:  # interleaved: both modes of one P close in time
         modes = ["processes"] + ([] if args.no_threads or args.device == "cuda" else ["threads"])
         for mode in modes:
@@ -146,10 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             base = next((r for r in rows if r["mode"] == "processes" and r["P"] == 1), None)
             if mode == "processes" and base is not None:
                 row["scaling_efficiency"] = row["tasks_per_s"] / (procs * base["tasks_per_s"])
+                row["cpu_efficiency"] = row["tasks_per_cpu_s"] / base["tasks_per_cpu_s"]
             rows.append(row)
             eff = f"{row['scaling_efficiency']:.2f}" if "scaling_efficiency" in row else ""
+            cpu_eff = f"{row['cpu_efficiency']:.2f}" if "cpu_efficiency" in row else ""
             reduce = f"{row['allreduce_ms']:.1f}" if row.get("allreduce_ms") is not None else ""
-            print(f"{mode:<10}{procs:>3}{row['tasks_per_s']:>10.2f}{row['ms_per_step']:>10.1f}{reduce:>15}{eff:>12}  "
+            print(f"{mode:<10}{procs:>3}{row['tasks_per_s']:>10.2f}{row['ms_per_step']:>10.1f}{reduce:>15}{eff:>12}"
+                  f"{row['tasks_per_cpu_s']:>13.2f}{cpu_eff:>10}  "
                   f"{row['strategy']}", flush=True)
     for procs in counts:
         pair = {r["mode"]: r for r in rows if r["P"] == procs}

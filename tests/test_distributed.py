@@ -225,3 +225,16 @@ def test_torchrun_trains_and_evaluates_one_run_folder(tmp_path):
     assert printed["eval"]["mean"] == pytest.approx(alone["mean"], rel=1e-5)  # 9 test tasks scored as 5 + 4
     with open(tmp_path / "two" / "metrics.csv") as handle:
         assert [r["step"] for r in csv.DictReader(handle)] == ["1", "2", "2", "3", "4", "4"]
+
+
+def test_the_distributed_bench_runs_and_writes_its_json(tmp_path):
+    """bench/distributed.py end to end on its smallest setting (one process, one timed step): the numbers are
+    not checked, only that the script the lead reruns still works."""
+    out = tmp_path / "distributed.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(SRC.parent / "bench" / "distributed.py"), "--procs", "1",
+                           "--no-threads", "--meta-batch", "2", "--warmup", "1", "--steps", "1", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    point = json.loads(out.read_text())["points"][0]
+    assert point["mode"] == "processes" and point["P"] == 1 and point["tasks_per_s"] > 0
