@@ -150,6 +150,16 @@ def scores(distributed: bool = False) -> list[float]:
                        distributed=distributed).per_episode
 
 
+def too_small() -> str:
+    """What training meta-batches of one task on two processes says."""
+    tasks = qs.EpisodeSampler(blobs(torch.float64), ways=3, shots=2, queries=3, batch_size=1, seed=0)
+    try:
+        qs.Trainer(learner("maml", torch.float64), tasks, steps=2, progress=False, distributed=True).fit()
+    except ValueError as error:
+        return str(error)
+    return "no error"
+
+
 def diverge(rank: int) -> str:
     """Change one weight on rank 1 only and return what check_in_sync says on this rank."""
     model = learner("maml", torch.float64)
@@ -171,6 +181,8 @@ def worker(rank: int, world_size: int, port: int, specs: list[dict], results: st
         for number, spec in enumerate(specs):
             if spec.get("probe") == "diverge":
                 result = {"message": diverge(rank)}
+            elif spec.get("probe") == "too_small":
+                result = {"message": too_small()}
             elif spec.get("probe") == "evaluate":
                 result = {"per_episode": scores(distributed=True)}
             elif "rl_step" in spec:

@@ -100,7 +100,8 @@ def two_process_runs(tmp_path_factory):
     """Every algorithm in float64, MAML and ProtoNet in float32, and a divergence probe, on 2 processes."""
     specs = [{"algorithm": name} for name in ALGORITHMS]
     specs += [{"algorithm": "maml", "dtype": "float32"}, {"algorithm": "protonet", "dtype": "float32"}]
-    specs += [{"probe": "diverge"}, {"probe": "evaluate"}, {"rl_step": "trpo"}, {"rl_step": "ppo"}]
+    specs += [{"probe": "diverge"}, {"probe": "evaluate"}, {"probe": "too_small"}, {"rl_step": "trpo"},
+              {"rl_step": "ppo"}]
     results = tmp_path_factory.mktemp("two_processes")
     specs += [{"rl_train": str(results / "rl")}]
     spawn(2, specs, results)
@@ -141,6 +142,13 @@ def test_an_evaluation_split_over_two_processes_scores_every_episode_in_order(tw
     assert len(alone) == 11 and len(set(alone)) > 3  # distinct scores: an order mix-up would show
     assert rank0["per_episode"] == pytest.approx(alone, abs=1e-12)
     assert rank1["per_episode"] == rank0["per_episode"]  # gathered on every rank
+
+
+def test_a_meta_batch_smaller_than_the_processes_is_refused_on_every_rank(two_process_runs):
+    for result in two_process_runs[key(probe="too_small")]:
+        assert result["message"] == ("train_tasks[0] holds 1 task: a meta-batch cannot be split over 2 processes "
+                                     "(each needs at least one task); use a meta-batch of at least 2 tasks or fewer "
+                                     "processes")
 
 
 def test_a_divergent_rank_is_reported_on_every_rank(two_process_runs):

@@ -102,7 +102,8 @@ class RLUpdate:
         self.parallel = None
 
     def use_distributed(self, parallel) -> None:
-        """Share each meta-batch across the processes of ``parallel`` (a :class:`~quickstudy.training.distributed.DataParallel`)."""
+        """Share each meta-batch across the processes of ``parallel``
+        (a :class:`~quickstudy.training.distributed.DataParallel`)."""
         total = self.config.train.meta_batch
         parallel.check_splittable(total, "train.meta_batch")
         start, stop = parallel.bounds(total)

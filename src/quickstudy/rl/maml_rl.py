@@ -220,7 +220,8 @@ class MAMLRL:
             (-objective).backward()
             if self.reduce_mean is not None:
                 params = [p for p in self.policy.parameters() if p.grad is not None]
-                for p, g in zip(params, self._mean(flatten([p.grad for p in params])).split([p.numel() for p in params])):
+                averaged = self._mean(flatten([p.grad for p in params])).split([p.numel() for p in params])
+                for p, g in zip(params, averaged):
                     p.grad.copy_(g.view_as(p.grad))
             self.optimizer.step()
         with torch.no_grad():

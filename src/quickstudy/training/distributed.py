@@ -107,7 +107,8 @@ class DataParallel:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.backend = str(dist.get_backend())
         # NCCL reduces CUDA tensors only; gloo reduces CPU tensors (and is what a CPU run uses)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        cuda = self.backend == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self.check_every = check_int("DataParallel", "check_every", check_every)
 
     @classmethod
@@ -150,7 +151,7 @@ class DataParallel:
         """This rank's ``(start, stop)`` share of ``count`` tasks."""
         return shard_bounds(count, self.rank, self.world_size)
 
-    def local_batch(self, source: Any, index: int):
+    def local_batch(self, source: Any, index: int) -> tuple[TaskBatch, int]:
         """``(this rank's share of source[index], the number of tasks in the whole batch)``."""
         total = getattr(source, "batch_size", None)
         if isinstance(total, int) and callable(getattr(source, "batch_slice", None)):
@@ -166,8 +167,9 @@ class DataParallel:
     def check_splittable(self, total: int, what: str) -> None:
         """Refuse a meta-batch of fewer tasks than processes (``what`` names it in the message)."""
         if total < self.world_size:
-            raise ValueError(f"{what} holds {total} tasks: a meta-batch cannot be split over "
-                             f"{self.world_size} processes (each needs at least one task); use a meta-batch of at "
+            tasks = f"{total} task{'' if total == 1 else 's'}"
+            raise ValueError(f"{what} holds {tasks}: a meta-batch cannot be split over {self.world_size} processes"
+                             f" (each needs at least one task); use a meta-batch of at "
                              f"least {self.world_size} tasks or fewer processes")
 
     # ------------------------------------------------------------------ collectives
@@ -311,9 +313,9 @@ DISTRIBUTED_CHOICES = (False, True, "auto")
 
 
 def data_parallel_for(distributed: Any, device: str | torch.device, owner: str = "Trainer") -> DataParallel | None:
-    """The :class:`DataParallel` a Trainer's ``distributed`` argument asks for: ``False`` (or ``None``) none, ``True`` this
-    process's group (from torchrun's environment), ``"auto"`` that when launched by torchrun (or a group exists)
-    and none otherwise, or a ready :class:`DataParallel`."""
+    """The :class:`DataParallel` a Trainer's ``distributed`` argument asks for: ``False`` (or ``None``) none,
+    ``True`` this process's group (from torchrun's environment), ``"auto"`` that when launched by torchrun (or when
+    a group exists) and none otherwise, or a ready :class:`DataParallel`."""
     if isinstance(distributed, DataParallel) or distributed is None:
         return distributed
     if distributed not in DISTRIBUTED_CHOICES:

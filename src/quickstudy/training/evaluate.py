@@ -248,7 +248,8 @@ def _run(learner, tasks, episodes, batch_size, steps_list: Sequence[int | None],
 _STAT_KEYS = {True: ("accuracy", "loss", "precision", "recall", "f1"), False: ("mse", "loss")}
 
 
-def _gather(parallel, stats: dict[str, list[Tensor]], positions: list[Tensor], keys: Sequence[str]) -> dict[str, list[Tensor]]:
+def _gather(parallel, stats: dict[str, list[Tensor]], positions: list[Tensor],
+            keys: Sequence[str]) -> dict[str, list[Tensor]]:
     """Every rank's per-task metrics, in episode order: what one process scoring every task would hold."""
     mine = torch.stack([torch.cat(stats[k]).cpu() if stats.get(k) else torch.zeros(0, dtype=torch.float64)
                         for k in keys], dim=1)

@@ -380,8 +380,8 @@ class Trainer:
         if self.val_tasks is None:
             raise ValueError("Trainer.validate: no val_tasks were given")
         with _preserved_rng():
-            result = evaluate(self.learner, self.val_tasks, episodes=self.val_episodes, device=self.device, progress=False,
-                              distributed=self.parallel)
+            result = evaluate(self.learner, self.val_tasks, episodes=self.val_episodes, device=self.device,
+                              progress=False, distributed=self.parallel)
         row: dict[str, Any] = {"step": self.step, "split": "val"}
         row.update(result.metrics)
         row.update(ci95=result.ci95, lr=self.update.lr, elapsed=self.elapsed)
