@@ -94,6 +94,20 @@ def test_distributed_without_a_launcher_says_how_to_launch(monkeypatch):
         data_parallel_for("yes", "cpu")
 
 
+def test_a_kind_that_runs_on_one_process_is_refused_under_torchrun(monkeypatch):
+    from types import SimpleNamespace
+
+    from quickstudy import experiment
+    from quickstudy.runs import _check_processes
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="train: runs of kind 'text' use one process, but torchrun started 2"):
+        _check_processes(SimpleNamespace(NAME="text"), "train")
+    _check_processes(experiment, "train")  # the episodes kind shares its work
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    _check_processes(SimpleNamespace(NAME="text"), "train")  # torchrun with one process: nothing to share
+
+
 # --------------------------------------------------------------------------- 2 processes = 1 process
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
