@@ -37,6 +37,13 @@ def _print_json(payload: dict) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=float) + "\n")
 
 
+def _prints() -> bool:
+    """Whether this process prints results: under torchrun, rank 0 alone."""
+    from .training.distributed import is_main_process
+
+    return is_main_process()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_table, run_demo
 
@@ -57,6 +64,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     payload = {"run_dir": str(run_dir)}
     if args.eval:
         payload["eval"] = evaluate_run(run_dir, episodes=args.episodes, progress=not args.quiet)
+    if not _prints():
+        return 0
     if args.json:
         _print_json(payload)
     else:
@@ -72,6 +81,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     limit = args.time_limit * 60 if args.time_limit is not None else None
     run_dir = train_run(None, out=args.run_dir, resume=True, steps=args.steps, progress=not args.quiet,
                         time_limit=limit, strict=args.strict)
+    if not _prints():
+        return 0
     if args.json:
         _print_json({"run_dir": str(run_dir)})
     else:
@@ -84,6 +95,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, checkpoint=args.checkpoint, progress=not args.json,
                           overrides=getattr(args, "overrides", None))
+    if not _prints():
+        return 0
     if args.json:
         _print_json(result)
     else:
@@ -145,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="meta-train from a YAML config",
                            description="Validate CONFIG (plus key=value overrides), write the resolved config, "
-                                       "train with logs and checkpoints into the run folder.")
+                                       "train with logs and checkpoints into the run folder. Launched by torchrun "
+                                       "(torchrun --nproc_per_node=P -m quickstudy train CONFIG), the P processes "
+                                       "share every meta-batch (docs/distributed.md).")
     train.add_argument("config", help="YAML config file (see configs/)")
     train.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.steps=100")
     train.add_argument("--out", default=None, help="run folder (default runs/<config name>)")

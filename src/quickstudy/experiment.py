@@ -27,6 +27,7 @@ from .runs import machine_info, resolve_device
 from .models import MODELS
 from .tasks import EpisodeSampler, FixedEpisodes, Sinusoid
 from .training import TimeLimit, Trainer, evaluate_regression_steps, load_checkpoint
+from .training.distributed import is_main_process
 from .training import evaluate as evaluate_tasks
 
 __all__ = ["NAME", "STEPS_KEY", "TaskSources", "build_tasks", "build_learner", "load_config", "train", "evaluate",
@@ -34,6 +35,7 @@ __all__ = ["NAME", "STEPS_KEY", "TaskSources", "build_tasks", "build_learner", "
 
 NAME = "episodes"
 STEPS_KEY = "train.steps"
+DISTRIBUTED = True  # under torchrun, its processes share every meta-batch (docs/distributed.md)
 RESULT_FILES = ("test_episodes.pt", "loss.png", "accuracy.png")  # what a replaced run leaves (runs.train_run)
 
 
@@ -143,7 +145,7 @@ def _trainer(config: ExperimentConfig, learner, sources: TaskSources, out: Path,
                    val_episodes=tr.val_episodes, out=out, log_every=tr.log_every,
                    checkpoint_every=tr.checkpoint_every, progress=progress,
                    device=resolve_device(config.device), seed=config.seed, precision=tr.precision,
-                   cpu_caching_allocator=tr.cpu_caching_allocator)
+                   cpu_caching_allocator=tr.cpu_caching_allocator, distributed="auto")
 
 
 _TimeLimit = TimeLimit  # the name quickstudy.automl.search imported before it moved to training.callbacks
@@ -233,7 +235,8 @@ def _fixed_test_episodes(run_dir: Path, config: ExperimentConfig, sources: TaskS
         if fixed is not None and len(fixed) >= batches:
             return fixed
     fixed = sources.test.fixed(batches)
-    fixed.save(path, key=key)
+    if is_main_process():  # the others made the same list (a pure function of the seed): one process writes it
+        fixed.save(path, key=key)
     return fixed
 
 
@@ -257,7 +260,8 @@ def evaluate(run_dir: Path, *, episodes: int | None = None, checkpoint: str = "b
                               "protocol": config.protocol}
     if sources.task_type == "regression":
         by_step = evaluate_regression_steps(learner, tasks, episodes=episodes, max_steps=config.eval.max_steps,
-                                            batch_size=config.eval.batch_size, progress=progress)
+                                            batch_size=config.eval.batch_size, progress=progress,
+                                            distributed="auto")
         chosen = config.eval.inner_steps if config.eval.inner_steps is not None else getattr(learner, "eval_steps", None)
         chosen = chosen if chosen is not None and chosen <= config.eval.max_steps else config.eval.max_steps
         headline = by_step[chosen]
@@ -265,7 +269,7 @@ def evaluate(run_dir: Path, *, episodes: int | None = None, checkpoint: str = "b
                       mse_by_step={str(r.steps): {"mean": r.mean, "ci95": r.ci95} for r in by_step})
     else:
         outcome = evaluate_tasks(learner, tasks, episodes=episodes, batch_size=config.eval.batch_size,
-                           steps=config.eval.inner_steps, progress=progress)
+                           steps=config.eval.inner_steps, progress=progress, distributed="auto")
         result.update(metric="accuracy", mean=outcome.mean, ci95=outcome.ci95, metrics=outcome.metrics)
     result["seconds"] = time.perf_counter() - start
     if (run_dir / "last.pt").is_file():
@@ -275,7 +279,8 @@ def evaluate(run_dir: Path, *, episodes: int | None = None, checkpoint: str = "b
     result["configured_steps"] = config.train.steps
     result["reference"] = _reference(config)
     result["machine"] = machine_info()
-    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2, default=float))
+    if is_main_process():
+        atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2, default=float))
     return result
 
 

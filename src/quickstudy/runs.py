@@ -21,13 +21,14 @@ What this shell guarantees for every kind (docs/reliability.md):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import platform
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 import yaml
@@ -36,6 +37,7 @@ from ._atomic import atomic_write_text
 from .run_lock import hold_run_folder
 from .tasks.kinds import TaskKind, kind_of
 from .training.callbacks import Callback, DivergenceMonitor
+from .training.distributed import DataParallel, is_main_process, launched_by_torchrun
 
 __all__ = ["train_run", "evaluate_run", "report_run", "format_eval", "open_run_dir", "run_kind", "machine_info",
            "choose_threads", "resolve_device", "run_files", "check_no_run", "RUN_MARKERS"]
@@ -85,7 +87,7 @@ class _CommitRun(Callback):
         self.run_dir, self.resolved, self.stale, self.done = run_dir, resolved, tuple(stale), False
 
     def on_fit_start(self, trainer: Any) -> None:
-        if self.done:
+        if self.done or not is_main_process():  # under torchrun, rank 0 writes the run folder
             return
         for name in self.stale:
             path = self.run_dir / name
@@ -116,8 +118,26 @@ def open_run_dir(load: Callable, config_path, overrides: list[str] | None, raw: 
     return config, run_dir
 
 
+def _hold(run_dir: Path, purpose: str, create: bool = False) -> ContextManager:
+    """The run folder's lock (:mod:`quickstudy.run_lock`), taken by the process that writes: under torchrun, rank 0
+    holds it for every process of the command (they would refuse each other)."""
+    if is_main_process():
+        return hold_run_folder(run_dir, purpose=purpose, create=create)
+    return contextlib.nullcontext()
+
+
+def _check_processes(kind, command: str) -> None:
+    """Refuse several processes (torchrun) for a kind that does not share its work among them (``DISTRIBUTED``):
+    each would train the whole run and write the same files."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and not getattr(kind, "DISTRIBUTED", False):
+        raise ValueError(f"{command}: runs of kind {kind.NAME!r} use one process, but torchrun started {processes}; "
+                         "run it without torchrun (kinds 'episodes' and 'rl' train on several processes)")
+
+
 def _train_kind(kind, config, run_dir: Path, commit: _CommitRun, *, resume: bool, progress: bool,
                 time_limit: float | None, strict: bool) -> None:
+    _check_processes(kind, "resume" if resume else "train")
     callbacks = [commit, DivergenceMonitor(strict=strict)]
     if "callbacks" in inspect.signature(kind.train).parameters:
         kind.train(config, run_dir, resume=resume, progress=progress, time_limit=time_limit, callbacks=callbacks)
@@ -137,7 +157,7 @@ def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None
     run is refused unless ``overwrite``; ``strict`` stops a diverging run instead of warning."""
     if resume:
         run_dir = _run_folder(out)
-        with hold_run_folder(run_dir, purpose="quickstudy resume"):
+        with _hold(run_dir, purpose="quickstudy resume"):
             kind = run_kind(run_dir).load()
             extra = [f"{kind.STEPS_KEY}={steps}"] if steps is not None else []
             config, resolved = kind.load_config(run_dir / "config.yaml", overrides=extra)
@@ -152,8 +172,8 @@ def train_run(config_path: str | os.PathLike | None, overrides: list[str] | None
     extra = [f"{kind.STEPS_KEY}={steps}"] if steps is not None else []
     config, resolved = kind.load_config(config_path, overrides=list(overrides or []) + extra, raw=raw)
     run_dir = Path(out) if out is not None else Path("runs") / config.name
-    with hold_run_folder(run_dir, purpose="quickstudy train", create=True):
-        if not overwrite:
+    with _hold(run_dir, purpose="quickstudy train", create=True):
+        if not overwrite and is_main_process():  # the others would see the run rank 0 has begun to write
             check_no_run(run_dir)
         stale = _RESULT_FILES + tuple(getattr(kind, "RESULT_FILES", ()))
         _train_kind(kind, config, run_dir, _CommitRun(run_dir, resolved, stale), resume=False, progress=progress,
@@ -165,7 +185,7 @@ def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, checkp
                  progress: bool = True, overrides: list[str] | None = None) -> dict[str, Any]:
     """Score a run of any kind on its fixed test tasks; writes and returns ``eval.json``'s content."""
     run_dir = _run_folder(run_dir)
-    with hold_run_folder(run_dir, purpose="quickstudy eval"):
+    with _hold(run_dir, purpose="quickstudy eval"):
         return run_kind(run_dir).load().evaluate(run_dir, episodes=episodes, checkpoint=checkpoint,
                                                  progress=progress, overrides=list(overrides or []))
 
@@ -197,7 +217,8 @@ def machine_info() -> dict[str, Any]:
 
 def choose_threads() -> int:
     """Intra-op threads for this process: ``$QUICKSTUDY_THREADS`` if set, else the cores other processes
-    leave idle (cores minus the 1-minute load average), at least one.
+    leave idle (cores minus the 1-minute load average), at least one; under torchrun, this process's share of
+    them (divided by ``$LOCAL_WORLD_SIZE``, the processes torchrun started on this machine).
 
     Why: when another process holds a core, OpenMP's barrier waits make torch's default (one thread per
     core) catastrophically slow for the small ops of meta-learning (docs/bench)."""
@@ -209,15 +230,18 @@ def choose_threads() -> int:
         busy = os.getloadavg()[0]
     except OSError:
         busy = 0.0
-    return max(1, min(cores, cores - int(busy + 0.5)))
+    idle = max(1, min(cores, cores - int(busy + 0.5)))
+    return max(1, idle // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU."""
+    """``"auto"``: CUDA when available, else CPU; under torchrun, ``cuda`` is this process's GPU
+    (``cuda:$LOCAL_RANK``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(name)
+        device = torch.device(name)
+        return DataParallel.local_device(device) if launched_by_torchrun() else device
     except RuntimeError as error:
         from .config import ConfigError
 

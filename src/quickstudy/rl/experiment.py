@@ -27,6 +27,7 @@ import torch
 
 from .._atomic import atomic_write_text
 from ..training.checkpoint import load_checkpoint
+from ..training.distributed import is_main_process
 from ..training.logging import read_csv
 from .config import RLConfig, load_rl_config
 from .evaluate import evaluate_adaptation
@@ -60,10 +61,12 @@ def build_rl(config: RLConfig) -> tuple[TaskFamily, MAMLRL]:
     return family, learner
 
 
-def meta_iteration(learner: MAMLRL, family: TaskFamily, config: RLConfig, generator: torch.Generator) -> dict[str, Any]:
-    """Sample a meta-batch, adapt, sample again, take one outer step; returns the metrics row (no iteration)."""
+def meta_iteration(learner: MAMLRL, family: TaskFamily, config: RLConfig, generator: torch.Generator,
+                   tasks: Any = None) -> dict[str, Any]:
+    """Sample a meta-batch (or take ``tasks``), adapt, sample again, take one outer step; returns the metrics row
+    (no iteration)."""
     a, t = config.algorithm, config.train
-    tasks = family.sample_tasks(t.meta_batch, generator)
+    tasks = family.sample_tasks(t.meta_batch, generator) if tasks is None else tasks
     process = lambda b: process_episodes(b, a.gamma, a.gae_lambda, a.normalize_advantages)  # noqa: E731
     trains = []
     params = {k: v.detach() for k, v in learner.params().items()}
@@ -85,21 +88,51 @@ def meta_iteration(learner: MAMLRL, family: TaskFamily, config: RLConfig, genera
 class RLUpdate:
     """One meta-iteration as the Trainer's update (see the module docstring): ``update(index, None)`` samples its
     tasks from the run's generator, so the generator's state, the environment steps so far and the PPO optimizer
-    are its state."""
+    are its state.
+
+    On several processes (:meth:`use_distributed`), every process draws the same meta-batch from the run's
+    generator and rolls out its share of the tasks with a generator keyed by (seed, iteration, rank); the outer
+    step averages its means across the processes (:class:`~.maml_rl.MAMLRL`'s ``reduce_mean``)."""
 
     lr = None  # the TRPO step has no learning rate (PPO's is fixed)
 
     def __init__(self, learner: MAMLRL, family: TaskFamily, config: RLConfig, generator: torch.Generator) -> None:
         self.learner, self.family, self.config, self.generator = learner, family, config, generator
         self.env_steps = 0
+        self.parallel = None
+
+    def use_distributed(self, parallel) -> None:
+        """Share each meta-batch across the processes of ``parallel``
+        (a :class:`~quickstudy.training.distributed.DataParallel`)."""
+        total = self.config.train.meta_batch
+        parallel.check_splittable(total, "train.meta_batch")
+        start, stop = parallel.bounds(total)
+        weight = (stop - start) / total
+        self.parallel, self.share = parallel, (start, stop)
+        self.learner.reduce_mean = lambda value: parallel.weighted_mean_(value, weight)
 
     def __call__(self, index: int, batch: Any) -> dict[str, float]:
-        row = meta_iteration(self.learner, self.family, self.config, self.generator)
+        if self.parallel is None:
+            row = meta_iteration(self.learner, self.family, self.config, self.generator)
+        else:
+            row = self._share_of_iteration(index)
         self.env_steps += int(row["env_steps"])
         metrics = {k: float(v) for k, v in row.items() if v is not None}
         metrics["loss"] = -metrics["post_return"]  # what the outer step improves, for the Trainer's checks
         metrics["tasks"] = self.config.train.meta_batch
         return metrics
+
+    def _share_of_iteration(self, index: int) -> dict[str, Any]:
+        from ..training.distributed import step_seed
+
+        tasks = self.family.sample_tasks(self.config.train.meta_batch, self.generator)  # the same on every rank
+        rollouts = torch.Generator().manual_seed(step_seed(self.config.seed, index, self.parallel.rank))
+        row = meta_iteration(self.learner, self.family, self.config, rollouts, tasks=tasks[slice(*self.share)])
+        means = [k for k in ("pre_return", "post_return", "pre_success", "post_success") if row[k] is not None]
+        values = self.learner.reduce_mean(torch.tensor([row[k] for k in means], dtype=torch.float64))
+        row.update(zip(means, values.tolist()))
+        row["env_steps"] = int(self.parallel.all_reduce_(torch.tensor([float(row["env_steps"])], dtype=torch.float64)))
+        return row
 
     def state_dict(self) -> dict[str, Any]:
         optimizer = self.learner.optimizer
@@ -191,7 +224,8 @@ def evaluate_rl_run(run_dir: str | os.PathLike, tasks: int | None = None, seed: 
     result["reference"] = [r.model_dump() for r in refs] or None
     result["machine"] = machine_info()
     target = Path(out) if out is not None else run_dir / "eval.json"
-    atomic_write_text(target, json.dumps(result, indent=2, default=float))
+    if is_main_process():  # under torchrun every process evaluates (the same numbers); rank 0 writes
+        atomic_write_text(target, json.dumps(result, indent=2, default=float))
     return result
 
 

@@ -19,6 +19,7 @@ __all__ = ["NAME", "STEPS_KEY", "load_config", "train", "evaluate", "format_eval
 
 NAME = "rl"
 STEPS_KEY = "train.iterations"
+DISTRIBUTED = True  # under torchrun, its processes share every meta-batch (docs/distributed.md)
 RESULT_FILES = ("return_vs_iteration.png", "return_vs_steps.png")  # what a replaced run leaves (runs.train_run)
 load_config = load_rl_config
 
@@ -32,7 +33,7 @@ def train(config: RLConfig, run_dir: Path, *, resume: bool = False, progress: bo
     t = config.train
     trainer = Trainer(learner.policy, None, steps=t.iterations, update=update, val_every=None, out=run_dir,
                       log_every=t.log_every, checkpoint_every=t.checkpoint_every, progress=progress, seed=config.seed,
-                      csv_columns=RL_COLUMNS, cpu_caching_allocator=False, callbacks=callbacks)
+                      csv_columns=RL_COLUMNS, cpu_caching_allocator=False, callbacks=callbacks, distributed="auto")
     if time_limit is None and t.time_limit is not None:
         time_limit = t.time_limit * 60
     if time_limit is not None:

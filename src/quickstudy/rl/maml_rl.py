@@ -21,6 +21,12 @@ and a backtracking line search (:mod:`quickstudy.rl.trpo`). Options:
   (ProMP's low-variance curvature estimator); ``"reinforce"`` (default) differentiates ``log pi A``, as the paper;
 * ``first_order=True``: ``grad_theta phi_i = I`` (the inner gradient is treated as a constant).
 
+Several processes (``reduce_mean``, set by the trainer's distributed update): each holds a share of the
+meta-batch, and every mean over tasks the outer step uses (surrogate and KL at every line-search point, the
+surrogate gradient, every Fisher-vector product, PPO's gradients) is averaged across the processes, weighted by
+their task counts, before it is used. Conjugate gradient and the line search then run on identical numbers
+everywhere, so every process takes the step one process would take on the whole meta-batch.
+
 The inner update is :func:`quickstudy.algorithms.inner_loop.inner_gradients` + ``sgd_step`` applied to the
 B tasks at once: the parameters are stacked per task (a differentiable ``expand`` of ``theta``), the loss is
 the sum of the task losses, so one backward gives every task's gradient.
@@ -29,7 +35,7 @@ the sum of the task losses, so one backward gives every task's gradient.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -113,6 +119,11 @@ class MAMLRL:
         self.ppo_lr = check_number(owner, "ppo_lr", ppo_lr)
         self.strategy = check_choice(owner, "strategy", strategy, ("vmap", "loop"))
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.ppo_lr) if self.outer == "ppo" else None
+        #: ``reduce_mean(t)``: this process's mean over its tasks -> the mean over the whole meta-batch (None: alone)
+        self.reduce_mean: Callable[[Tensor], Tensor] | None = None
+
+    def _mean(self, value: Tensor) -> Tensor:
+        return value if self.reduce_mean is None else self.reduce_mean(value.detach().clone())
 
     # ------------------------------------------------------------------ functional pieces
     def params(self) -> Params:
@@ -159,16 +170,16 @@ class MAMLRL:
             old_out = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
             surrogate, kl, _ = self._surrogate_kl(out, old_out, valid)
             leaves = [theta[k] for k in names]
-            grad = flatten(torch.autograd.grad(surrogate, leaves, retain_graph=True))
+            grad = self._mean(flatten(torch.autograd.grad(surrogate, leaves, retain_graph=True)))
             kl_grad = flatten(torch.autograd.grad(kl, leaves, create_graph=True))
 
             def fisher(v: Tensor) -> Tensor:
                 hv = torch.autograd.grad(kl_grad.dot(v), leaves, retain_graph=True)
-                return flatten(hv) + self.cg_damping * v
+                return self._mean(flatten(hv)) + self.cg_damping * v
 
             direction = conjugate_gradient(fisher, grad, self.cg_iters)
             curvature = float(direction.dot(fisher(direction)))
-        surrogate0 = float(surrogate.detach())
+        surrogate0 = float(self._mean(surrogate.detach()))
         if not (math.isfinite(curvature) and curvature > 0):
             return {"surrogate": surrogate0, "surrogate_gain": 0.0, "kl": 0.0, "ls_steps": -1,
                     "grad_norm": float(grad.norm())}
@@ -180,6 +191,7 @@ class MAMLRL:
             fast = self.adapt(trains, candidate, create_graph=False)
             with torch.no_grad():
                 s, k, _ = self._surrogate_kl(self._outputs(fast, valid), old_out, valid)
+                s, k = self._mean(torch.stack([s, k])).tolist()
             return float(s), float(k)
 
         x, steps, new_surrogate, new_kl = backtracking_line_search(evaluate, x0, step, surrogate0, self.max_kl,
@@ -203,13 +215,19 @@ class MAMLRL:
             clipped = torch.minimum(ratio * valid.advantages,
                                     ratio.clamp(1 - self.ppo_clip, 1 + self.ppo_clip) * valid.advantages)
             objective = _masked_task_mean(clipped, valid.mask).mean()
-            first = float(objective.detach()) if first is None else first
+            first = float(self._mean(objective.detach())) if first is None else first
             self.optimizer.zero_grad(set_to_none=True)
             (-objective).backward()
+            if self.reduce_mean is not None:
+                params = [p for p in self.policy.parameters() if p.grad is not None]
+                averaged = self._mean(flatten([p.grad for p in params])).split([p.numel() for p in params])
+                for p, g in zip(params, averaged):
+                    p.grad.copy_(g.view_as(p.grad))
             self.optimizer.step()
         with torch.no_grad():
             fast = self.adapt(trains)
             s, k, _ = self._surrogate_kl(self._outputs(fast, valid), old_out, valid)
+            s, k = self._mean(torch.stack([s, k]))
         return {"surrogate": first, "surrogate_gain": float(s) - first, "kl": float(k), "ls_steps": 0,
                 "grad_norm": float("nan")}
 

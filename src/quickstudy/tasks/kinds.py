@@ -7,6 +7,7 @@ implements::
 
     NAME: str
     STEPS_KEY: str                                   # the dotted config key that --steps overrides
+    DISTRIBUTED: bool                                # optional: True if its processes share the work under torchrun
     load_config(path=None, overrides=None, raw=None) -> (config, resolved dict)
     train(config, run_dir, *, resume, progress, time_limit, callbacks) -> None   # the shared Trainer, callbacks=
     RESULT_FILES: tuple[str, ...]                    # optional: result files removed when a run is overwritten

@@ -74,6 +74,11 @@ class IndexedTasks:
     def batch(self, index: int) -> TaskBatch:
         raise NotImplementedError
 
+    def batch_slice(self, index: int, start: int, stop: int) -> TaskBatch:
+        """Tasks ``start:stop`` of batch ``index``: the same tensors as ``self[index].slice(start, stop)`` (one
+        process's share of a meta-batch in a data-parallel run; subclasses may build only that share)."""
+        return self[index].slice(start, stop)
+
     def _check_index(self, index: object) -> None:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
             raise IndexError(f"batch index must be a non-negative integer, got {index!r}")
@@ -149,6 +154,12 @@ class EpisodeSampler(IndexedTasks):
 
     def batch(self, index: int) -> TaskBatch:
         return self.gather(self.sample_indices(index), index)
+
+    def batch_slice(self, index: int, start: int, stop: int) -> TaskBatch:
+        # the whole batch's indices are drawn (they are cheap), but only the share's images are read
+        indices = self.sample_indices(index)
+        share = EpisodeIndices(indices.classes[start:stop], indices.examples[start:stop], indices.shots)
+        return gather_episodes(self.dataset, share, first_episode_id=index * self.batch_size + start)
 
     # ------------------------------------------------------------------ the two halves
     def sample_indices(self, index: int) -> EpisodeIndices:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .._validation import check_int
 from ..tasks.batch import TaskBatch
+from .distributed import data_parallel_for
 from .metrics import confusion_matrix, macro_prf_from_confusion, mean_ci95
 
 __all__ = ["EvalResult", "evaluate", "evaluate_regression_steps"]
@@ -198,11 +199,15 @@ def _summarise(stats: dict[str, list[Tensor]], steps: int | None) -> EvalResult:
     )
 
 
-def _run(learner, tasks, episodes, batch_size, steps_list: Sequence[int | None], device, progress, desc):
+def _run(learner, tasks, episodes, batch_size, steps_list: Sequence[int | None], device, progress, desc,
+         distributed=None):
     if not isinstance(learner, nn.Module):
         raise TypeError(f"learner must be a MetaLearner (an nn.Module), got {type(learner).__name__}")
     device = _learner_device(learner) if device is None else torch.device(device)
     stats: list[dict[str, list[Tensor]]] = [{} for _ in steps_list]
+    parallel = data_parallel_for(distributed, device, owner="evaluate")
+    positions, seen, classification = [], 0, True  # with several processes: each local task's episode number
+    progress = progress and (parallel is None or parallel.is_main)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=episodes, desc=desc, unit="task", file=sys.stderr, disable=not progress, leave=False,
@@ -213,8 +218,13 @@ def _run(learner, tasks, episodes, batch_size, steps_list: Sequence[int | None],
         with eval_mode(learner), torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(0)
             for batch in iterate_tasks(tasks, episodes, batch_size):
+                whole, classification = batch.batch_size, batch.is_classification
+                if parallel is not None:  # this rank scores its share of the batch
+                    start, stop = parallel.bounds(whole)
+                    positions.append(torch.arange(seen + start, seen + stop))
+                    batch, seen = batch.slice(start, stop), seen + whole
                 batch = batch.to(device)
-                for slot, steps in enumerate(steps_list):
+                for slot, steps in enumerate(steps_list if batch.batch_size else ()):
                     outputs = learner.predict(batch, steps=steps)
                     with torch.no_grad():
                         per_task = _episode_stats(outputs, batch, learner)
@@ -227,10 +237,24 @@ def _run(learner, tasks, episodes, batch_size, steps_list: Sequence[int | None],
                                 f"({float(values[bad])}) on a task{episode}"
                             )
                         stats[slot].setdefault(key, []).append(values)
-                bar.update(batch.batch_size)
+                bar.update(whole)
     finally:
         bar.close()
+    if parallel is not None:
+        stats = [_gather(parallel, s, positions, _STAT_KEYS[classification]) for s in stats]
     return [_summarise(s, steps) for s, steps in zip(stats, steps_list)]
+
+
+_STAT_KEYS = {True: ("accuracy", "loss", "precision", "recall", "f1"), False: ("mse", "loss")}
+
+
+def _gather(parallel, stats: dict[str, list[Tensor]], positions: list[Tensor],
+            keys: Sequence[str]) -> dict[str, list[Tensor]]:
+    """Every rank's per-task metrics, in episode order: what one process scoring every task would hold."""
+    mine = torch.stack([torch.cat(stats[k]).cpu() if stats.get(k) else torch.zeros(0, dtype=torch.float64)
+                        for k in keys], dim=1)
+    everyone = parallel.gather_rows(mine, torch.cat(positions) if positions else torch.zeros(0, dtype=torch.int64))
+    return {key: [everyone[:, i]] for i, key in enumerate(keys)}
 
 
 # --------------------------------------------------------------------------- public API
@@ -242,6 +266,7 @@ def evaluate(
     steps: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    distributed: Any = False,
 ) -> EvalResult:
     """Score ``learner`` on the first ``episodes`` tasks of ``tasks`` (see the module docstring).
 
@@ -254,10 +279,13 @@ def evaluate(
         steps: inner-loop steps passed to ``predict`` (``None``: the learner's default).
         device: where batches are moved (``None``: the device of the learner's parameters).
         progress: show a tqdm bar on stderr.
+        distributed: score the tasks on several processes (each its share of every batch, the per-task results
+            gathered on all of them): ``True``, ``"auto"`` (when launched by torchrun) or a
+            :class:`~.distributed.DataParallel`, as the Trainer's argument.
     """
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise ValueError(f"steps must be a non-negative integer or None, got {steps!r}")
-    return _run(learner, tasks, episodes, batch_size, [steps], device, progress, "evaluate")[0]
+    return _run(learner, tasks, episodes, batch_size, [steps], device, progress, "evaluate", distributed)[0]
 
 
 def evaluate_regression_steps(
@@ -268,6 +296,7 @@ def evaluate_regression_steps(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    distributed: Any = False,
 ) -> list[EvalResult]:
     """Results after ``0, 1, ..., max_steps`` adaptation steps on the same tasks (the MAML sinusoid
     protocol: MSE ± 95% CI as a function of the number of gradient steps at test time).
@@ -278,4 +307,4 @@ def evaluate_regression_steps(
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
     steps_list = list(range(max_steps + 1))
-    return _run(learner, tasks, episodes, batch_size, steps_list, device, progress, "evaluate steps")
+    return _run(learner, tasks, episodes, batch_size, steps_list, device, progress, "evaluate steps", distributed)

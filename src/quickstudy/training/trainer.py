@@ -40,6 +40,7 @@ from ..tasks.batch import TaskBatch
 from .callbacks import Callback, DivergenceMonitor, History, MetricsLogger, ProgressBar, RunningWindow
 from .checkpoint import get_rng_state, load_checkpoint, load_trainer_state, resume_settings, save_checkpoint, \
     set_rng_state, trainer_state
+from .distributed import DataParallel, data_parallel_for, restore_everywhere, step_seed
 from .evaluate import EvalResult, _length, evaluate
 from .logging import CSV_COLUMNS
 from .update import GradientUpdate, NonFiniteLossError
@@ -116,8 +117,10 @@ class Trainer:
             (meta-RL's TRPO step): ``update(index, batch) -> metrics`` with ``lr``, ``state_dict`` and
             ``load_state_dict`` (:mod:`.update`). The optimizer and schedule arguments are then unused.
         csv_columns: the columns of ``metrics.csv``.
-        log: whether this process logs (progress bar, CSV, TensorBoard) and writes checkpoints: in a
-            distributed run only one process does.
+        log: whether this process logs (progress bar, CSV, TensorBoard) and writes checkpoints.
+        distributed: ``True``: data-parallel over the processes torchrun started (:mod:`.distributed`; each takes
+            its share of every meta-batch, rank 0 logs and checkpoints); ``"auto"``: so when launched by torchrun;
+            or a :class:`~.distributed.DataParallel`. A custom ``update`` must then have ``use_distributed``.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class Trainer:
         update: Any = None,
         csv_columns: Sequence[str] = CSV_COLUMNS,
         log: bool = True,
+        distributed: bool | str | DataParallel = False,
     ):
         if not isinstance(learner, nn.Module) or (update is None and not callable(getattr(learner, "meta_backward", None))):
             raise TypeError(f"Trainer: learner must be a MetaLearner with meta_backward(batch), got {type(learner).__name__}")
@@ -169,14 +173,15 @@ class Trainer:
         if progress is not None:
             check_bool("Trainer", "progress", progress)
         self.progress = progress
-        self.device = torch.device(device)
+        self.parallel = data_parallel_for(distributed, device)
+        self.device = torch.device(device) if self.parallel is None else self.parallel.local_device(device)
         self.out = None if out is None else Path(out)
         self.tensorboard = bool(tensorboard)
         self.precision = check_choice("Trainer", "precision", precision, PRECISIONS)
         self._warn_precision(learner)
         self.cpu_caching_allocator = bool(cpu_caching_allocator)
         self.callbacks = list(callbacks)
-        self.csv_columns, self.log = tuple(csv_columns), bool(log)
+        self.csv_columns, self.log = tuple(csv_columns), bool(log) and (self.parallel is None or self.parallel.is_main)
         self.learner = learner.to(self.device)
         self.train_tasks, self.val_tasks = train_tasks, val_tasks
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
@@ -185,7 +190,10 @@ class Trainer:
         self.update = update if update is not None else GradientUpdate(
             self.learner, steps=self.steps, lr=self.lr, optimizer=optimizer, optimizer_kwargs=self.optimizer_kwargs,
             schedule=schedule, schedule_options=self.schedule_options, grad_clip=self.grad_clip,
-            precision=self.precision, device=self.device)
+            precision=self.precision, device=self.device,
+            reduce_gradients=None if self.parallel is None else self.parallel.average_gradients)
+        if update is not None and self.parallel is not None:
+            self.parallel.attach(update)
         task_type = getattr(learner, "task_type", "classification")
         check_choice("Trainer", "learner.task_type", task_type, ("classification", "regression", "rl"))
         self.monitor, self.mode = ("accuracy", "max") if task_type == "classification" else ("loss", "min")
@@ -297,7 +305,7 @@ class Trainer:
             until: stop after this many completed updates (of ``steps``), e.g. to train in chunks; ``last.pt`` is
                 written and a later ``fit(resume=True)`` goes on.
         """
-        self._maybe_restore(resume, overwrite)
+        restore_everywhere(self.parallel, self, lambda: self._maybe_restore(resume, overwrite))
         until = self.steps if until is None else min(check_int("Trainer.fit", "until", until), self.steps)
         if not self._restored and self.step == 0:
             seed_everything(self.seed)
@@ -335,9 +343,12 @@ class Trainer:
     def _one_step(self, started: float, elapsed_before: float) -> None:
         index = self.step
         tick = time.perf_counter()
-        batch = None
+        batch, total = None, None
+        if self.parallel is not None:
+            torch.manual_seed(step_seed(self.seed, index, self.parallel.rank))
         if self.train_tasks is not None:
-            batch = self.train_tasks[index]
+            batch, total = (self.train_tasks[index], None) if self.parallel is None else \
+                self.parallel.local_batch(self.train_tasks, index)
             if not isinstance(batch, TaskBatch):
                 raise TypeError(f"train_tasks[{index}] returned a {type(batch).__name__}; expected a TaskBatch")
             batch = batch.to(self.device)
@@ -346,10 +357,12 @@ class Trainer:
         self.step = index + 1
         seconds = time.perf_counter() - tick
         self.elapsed = elapsed_before + time.perf_counter() - started
-        tasks = batch.batch_size if batch is not None else int(metrics.pop("tasks", 0))
+        tasks = (total or batch.batch_size) if batch is not None else int(metrics.pop("tasks", 0))
         self.window.add(metrics, tasks, seconds)
         self.last_rate = tasks / max(seconds, 1e-9) if tasks else None  # tasks/s of this step (progress bar)
         self._callback("on_step_end", self, self.step, metrics)
+        if self.parallel is not None:  # every rank stops at the same step; the weights are compared now and then
+            self.should_stop = self.parallel.after_step(self.learner, self.step, self.should_stop)
         if self.step % self.log_every == 0:
             self._log(self.window.row(self.step, lr, self.elapsed))
         if self.val_tasks is not None and self.val_every is not None and self.step % self.val_every == 0:
@@ -367,7 +380,8 @@ class Trainer:
         if self.val_tasks is None:
             raise ValueError("Trainer.validate: no val_tasks were given")
         with _preserved_rng():
-            result = evaluate(self.learner, self.val_tasks, episodes=self.val_episodes, device=self.device, progress=False)
+            result = evaluate(self.learner, self.val_tasks, episodes=self.val_episodes, device=self.device,
+                              progress=False, distributed=self.parallel)
         row: dict[str, Any] = {"step": self.step, "split": "val"}
         row.update(result.metrics)
         row.update(ci95=result.ci95, lr=self.update.lr, elapsed=self.elapsed)
@@ -417,6 +431,8 @@ class Trainer:
         self._callback("on_log", self, row)
 
     def _save_last(self) -> None:
+        if self.parallel is not None:
+            self.parallel.check_in_sync(self.learner, self.step)
         if self.log:  # the checkpoint replaced stays as last.prev.pt: a fallback if last.pt is ever damaged
             path = save_checkpoint(self.out / "last.pt", self.state_dict(), keep_previous=True)
             self._callback("on_checkpoint", self, path)

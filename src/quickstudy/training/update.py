@@ -4,7 +4,7 @@
 
     optimizer.zero_grad(set_to_none=True)
     metrics = learner.meta_backward(batch)          # under autocast for precision="bfloat16"
-    reduce_gradients(learner)                       # optional: e.g. averaging across processes
+    metrics = reduce_gradients(learner, metrics, B) # optional: averaging across processes (.distributed)
     check loss and gradients are finite             # else NonFiniteLossError(step=index)
     clip the gradient norm to grad_clip (if set)
     optimizer.step(); scheduler.step()
@@ -64,8 +64,10 @@ class GradientUpdate:
                  optimizer_kwargs: dict[str, Any] | None = None, schedule: str | Callable | None = None,
                  schedule_options: dict[str, Any] | None = None, grad_clip: float | None = None,
                  precision: str = "float32", device: torch.device = torch.device("cpu"),
-                 reduce_gradients: Callable[[nn.Module], None] | None = None) -> None:
+                 reduce_gradients: Callable[[nn.Module, dict[str, float], int], dict[str, float]] | None = None
+                 ) -> None:
         self.learner, self.grad_clip, self.precision, self.device = learner, grad_clip, precision, device
+        # (learner, metrics, tasks in this batch) -> metrics: makes .grad and metrics those of a larger batch
         self.reduce_gradients = reduce_gradients
         self.optimizer = self._build_optimizer(optimizer, lr, dict(optimizer_kwargs or {}))
         self.scheduler = build_schedule("Trainer", schedule, self.optimizer, steps, schedule_options)
@@ -93,7 +95,7 @@ class GradientUpdate:
         with autocast_context(self.device, self.precision):
             metrics = plain_metrics(type(self.learner).__name__, self.learner.meta_backward(batch))
         if self.reduce_gradients is not None:
-            self.reduce_gradients(self.learner)
+            metrics = self.reduce_gradients(self.learner, metrics, batch.batch_size)
         loss = metrics["loss"]
         if not math.isfinite(loss):
             raise NonFiniteLossError(
