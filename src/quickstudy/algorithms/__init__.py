@@ -10,9 +10,11 @@ anil        :class:`ANIL`                           anil.py
 reptile     :class:`Reptile`                        reptile.py
 protonet    :class:`ProtoNet`                       protonet.py
 finetune    :class:`FineTune` (Baseline/Baseline++) finetune.py
+matchingnet :class:`MatchingNet`                    matchingnet.py
 ==========  ======================================  ==========================================
 
 ``base.py`` holds the contract and the kit every file shares, ``gradient.py`` the shell of the MAML family,
+``metric.py`` the shell of the methods without an inner loop (Matching and Relation Networks, MetaOptNet),
 ``inner_loop.py`` its differentiable inner SGD loop, and ``execution.py`` how the tasks of a batch run (a loop,
 ``torch.func.vmap`` or worker threads), decided in one place.
 """
@@ -28,6 +30,7 @@ from .finetune import CosineClassifier, FineTune
 from .gradient import GradientMetaLearner
 from .inner_loop import sgd_inner_loop
 from .maml import FOMAML, MAML
+from .matchingnet import MatchingNet
 from .metasgd import MetaSGD
 from .protonet import ProtoNet
 from .reptile import Reptile
@@ -41,6 +44,7 @@ __all__ = [
     "FineTune",
     "GradientMetaLearner",
     "MAML",
+    "MatchingNet",
     "MetaLearner",
     "MetaSGD",
     "Predictor",
@@ -60,6 +64,7 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {
     "reptile": Reptile,
     "protonet": ProtoNet,
     "finetune": FineTune,
+    "matchingnet": MatchingNet,
 }
 
 
