@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 
 from . import _deprecated, algorithms, data, kernels, models, tasks, training
 from .algorithms import ANIL, FOMAML, MAML, FineTune, MetaLearner, MetaSGD, ProtoNet, Reptile
-from .algorithms import MatchingNet
+from .algorithms import (BOIL, IMAML, MAMLPlusPlus, MatchingNet, MetaOptNet, ProtoMAML, RelationNet, SimpleShot,
+                         TransductiveFineTune)
 from .tasks import EpisodeSampler, FixedEpisodes, Sinusoid, TaskBatch
 from .training import (
     EvalResult,
@@ -47,7 +48,8 @@ __all__ = [
     "algorithms", "data", "kernels", "models", "tasks", "training", "rl", "automl",
     "TaskBatch", "EpisodeSampler", "FixedEpisodes", "Sinusoid",
     "MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "ProtoNet", "FineTune",
-    "MatchingNet",
+    "MetaOptNet", "MatchingNet", "RelationNet", "IMAML", "MAMLPlusPlus", "BOIL", "ProtoMAML", "SimpleShot",
+    "TransductiveFineTune",
     "Trainer", "evaluate", "evaluate_regression_steps", "EvalResult", "NonFiniteLossError",
     "load_checkpoint", "make_report",
 ]
