@@ -45,7 +45,8 @@ def test_multi_step_loss_equals_the_hand_unrolled_loss_and_gradients():
             rate.copy_(torch.tensor([0.1, 0.25, 0.4], dtype=torch.float64) * (i + 1))
     learner.iteration.fill_(5)
     reference_model = copy.deepcopy(model)
-    rates = {n: learner.lrs[n.replace(".", "__")].detach().clone().requires_grad_() for n, _ in model.named_parameters()}
+    rates = {n: learner.lrs[n.replace(".", "__")].detach().clone().requires_grad_()
+             for n, _ in model.named_parameters()}
     expected = hand_unrolled(reference_model, rates, batch, [1 / 6, 1 / 6, 2 / 3])
     loss, _ = learner.meta_loss(batch)
     assert int(learner.iteration) == 6  # meta_loss in training mode advanced the schedule

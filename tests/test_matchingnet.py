@@ -60,7 +60,8 @@ def test_full_context_embeddings_read_the_whole_support_set():
     attention of one query to one support example does not."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    support, query = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g, dtype=torch.float64)
+    support = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    query = torch.randn(3, 2, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 3])
     moved = support.clone()
     moved[3] += 5.0

@@ -27,7 +27,8 @@ def test_scores_pair_summed_shots_with_each_query():
     torch.manual_seed(0)
     learner = RelationNet(Identity2d()).double()
     g = torch.Generator().manual_seed(0)
-    sx, qx = torch.randn(4, 2, 4, 4, generator=g, dtype=torch.float64), torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    sx = torch.randn(4, 2, 4, 4, generator=g, dtype=torch.float64)
+    qx = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
     sy, qy = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 1])
     scores = learner.task_outputs(learner.meta_parameters(), Task(sx, sy, qx, qy, 2), Run(learner.learner))
     classes = torch.stack([sx[0] + sx[2], sx[1] + sx[3]])  # the sum over each class's shots

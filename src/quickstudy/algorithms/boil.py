@@ -3,7 +3,8 @@ r"""BOIL — Body Only update in Inner Loop (Oh, Yoo, Kim & Yun, ICLR 2021, arXi
 The network is a body g (theta_b) and a head h (theta_h, by default the last ``nn.Linear``). BOIL is ANIL reversed:
 the head is frozen inside a task and only the body adapts, so the representation must change to fit a task:
 
-    inner update:   phi_b^0 = theta_b,   phi_b^{j+1} = phi_b^j - alpha * grad_{phi_b} L(h(g(S.x; phi_b^j); theta_h), S.y)
+    inner update:   phi_b^0 = theta_b,
+                    phi_b^{j+1} = phi_b^j - alpha * grad_{phi_b} L(h(g(S.x; phi_b^j); theta_h), S.y)
     outer loss:     L_meta(theta_b, theta_h) = 1/B * sum_i L(h(g(Q_i.x; phi_{b,i}^k); theta_h), Q_i.y)
 
 theta_h is meta-learned through the outer loss only (at second order also through its place in the inner

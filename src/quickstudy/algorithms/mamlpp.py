@@ -200,4 +200,5 @@ class MAMLPlusPlus(GradientMetaLearner):
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", msl_iterations={self.msl_iterations}, first_order_iterations="
-                f"{self.first_order_iterations}, learn_inner_lrs={self.learn_inner_lrs}, per_step_bn={self.per_step_bn}")
+                f"{self.first_order_iterations}, learn_inner_lrs={self.learn_inner_lrs}, "
+                f"per_step_bn={self.per_step_bn}")

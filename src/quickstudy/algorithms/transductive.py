@@ -53,7 +53,9 @@ class TransductiveFineTune(FineTune):
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
         check_task("TransductiveFineTune", support_x, support_y)
         ways = check_labels("TransductiveFineTune", support_y)
-        steps = self.adapt_steps if steps is None else check_int("TransductiveFineTune.adapt", "steps", steps, minimum=0)
+        if steps is not None:
+            check_int("TransductiveFineTune.adapt", "steps", steps, minimum=0)
+        steps = self.adapt_steps if steps is None else steps
 
         def predict(query_x: Tensor) -> Tensor:
             net = copy.deepcopy(self.model).requires_grad_(self.finetune_backbone)  # the meta-model stays as it is
@@ -82,5 +84,5 @@ class TransductiveFineTune(FineTune):
         return AdaptedPredictor(predict)
 
     def extra_repr(self) -> str:
-        return (f"num_train_classes={self.num_train_classes}, adapt_steps={self.adapt_steps}, adapt_lr={self.adapt_lr}, "
-                f"scale={self.logit_scale}, finetune_backbone={self.finetune_backbone}")
+        return (f"num_train_classes={self.num_train_classes}, adapt_steps={self.adapt_steps}, "
+                f"adapt_lr={self.adapt_lr}, scale={self.logit_scale}, finetune_backbone={self.finetune_backbone}")

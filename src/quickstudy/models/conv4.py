@@ -90,7 +90,8 @@ class Conv4(nn.Module):
         check_int("Conv4", "in_channels", in_channels)
         check_int("Conv4", "pooled_blocks", pooled_blocks, minimum=0)
         if pooled_blocks > 4 or (stride_variant and pooled_blocks != 4):
-            raise ValueError(f"Conv4: pooled_blocks must be in 0..4 (and 4 with stride_variant=True), got {pooled_blocks!r}")
+            raise ValueError(f"Conv4: pooled_blocks must be in 0..4 (and 4 with stride_variant=True), "
+                             f"got {pooled_blocks!r}")
         if ways is not None:
             check_int("Conv4", "ways", ways)
         check_int("Conv4", "hidden", hidden)
