@@ -22,6 +22,12 @@ def test_configs_exist():
         for cell in ("5w1s", "5w5s", "20w1s", "20w5s"):
             assert f"{algorithm}-{cell}" in names
     assert "maml-k5" in names
+    for algorithm in ("matchingnet", "relationnet", "imaml", "mamlpp"):  # the four Omniglot cells their papers report
+        for cell in ("5w1s", "5w5s", "20w1s", "20w5s"):
+            assert f"{algorithm}-{cell}" in names
+    for algorithm in ("metaoptnet-svm", "metaoptnet-ridge", "boil", "protomaml", "simpleshot", "transductive-finetune"):
+        for cell in ("5w1s", "20w1s"):
+            assert f"{algorithm}-{cell}" in names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -36,7 +42,7 @@ def test_config_builds_its_learner(path):
     assert isinstance(learner, qs.MetaLearner)
     if not regression:
         out = learner.model(torch.zeros(2, 1, 28, 28))
-        expected = config.task.ways if config.algorithm.name not in ("protonet", "finetune") else None
+        expected = None if qs.algorithms.ALGORITHMS[config.algorithm.name].embedding_model else config.task.ways
         if expected is not None:
             assert out.shape == (2, expected)
 

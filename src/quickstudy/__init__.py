@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 from . import _deprecated, algorithms, data, kernels, models, tasks, training
 from .algorithms import ANIL, FOMAML, MAML, FineTune, MetaLearner, MetaSGD, ProtoNet, Reptile
+from .algorithms import (BOIL, IMAML, MAMLPlusPlus, MatchingNet, MetaOptNet, ProtoMAML, RelationNet, SimpleShot,
+                         TransductiveFineTune)
 from .tasks import EpisodeSampler, FixedEpisodes, Sinusoid, TaskBatch
 from .training import (
     EvalResult,
@@ -46,6 +48,8 @@ __all__ = [
     "algorithms", "data", "kernels", "models", "tasks", "training", "rl", "automl", "text",
     "TaskBatch", "EpisodeSampler", "FixedEpisodes", "Sinusoid",
     "MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "ProtoNet", "FineTune",
+    "MetaOptNet", "MatchingNet", "RelationNet", "IMAML", "MAMLPlusPlus", "BOIL", "ProtoMAML", "SimpleShot",
+    "TransductiveFineTune",
     "Trainer", "evaluate", "evaluate_regression_steps", "EvalResult", "NonFiniteLossError",
     "load_checkpoint", "make_report",
 ]

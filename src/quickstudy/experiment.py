@@ -105,17 +105,18 @@ def build_learner(config: ExperimentConfig, sources: TaskSources) -> MetaLearner
     if sources.task_type == "regression":
         algo_kwargs.setdefault("loss", "mse")
     else:
-        embedding_only = algo_name in ("protonet", "finetune")
+        embedding_only = algo_cls.embedding_model  # the model is an embedding: no head, any test_ways
         head_width = None if embedding_only else config.task.ways
         if (config.task.test_ways or config.task.ways) != config.task.ways and not embedding_only:
             raise ConfigError(f"key 'task.test_ways': {algo_name} has a {config.task.ways}-way head; "
-                              "test_ways must equal task.ways (use protonet or finetune for any-way testing)")
+                              "test_ways must equal task.ways (use an embedding method such as protonet for any-way "
+                              "testing)")
         accepted = _parameters(model_cls)
         defaults = {"ways": head_width, "in_channels": sources.in_channels, "image_size": sources.image_size}
         for key, value in defaults.items():
             if key in accepted:
                 model_kwargs.setdefault(key, value)
-        if algo_name == "finetune":
+        if "num_train_classes" in _parameters(algo_cls):  # pre-trained on every training class (FineTune, ...)
             algo_kwargs.setdefault("num_train_classes", sources.num_train_classes)
     torch.manual_seed(config.seed)
     model = model_cls(**model_kwargs)
@@ -312,7 +313,7 @@ def adapt_folders(run_dir: str | os.PathLike, support: str | os.PathLike, query:
         raise ValueError(f"adapt: the support folder {str(support)!r} has one class ({support_set.classes[0]!r}); "
                          "a task needs at least two classes, one sub-folder each")
     head = getattr(getattr(learner, "model", None), "out_features", None)
-    if config.algorithm.name not in ("protonet", "finetune") and head is not None and head != ways:
+    if not type(learner).embedding_model and head is not None and head != ways:
         raise ValueError(f"adapt: the support folder {str(support)!r} has {ways} classes but this run's "
                          f"{config.algorithm.name} head is {head}-way; give exactly {head} class folders")
     if not Path(query).is_dir():

@@ -44,6 +44,9 @@ class MetaLearner(nn.Module):
 
     #: "classification" or "regression"; set by subclasses from their loss.
     task_type: str = "classification"
+    #: True when the model is an embedding ``[n, ...] -> [n, D]`` without a classification head (ProtoNet,
+    #: FineTune, ...): configs build it with ``ways=None`` and any number of test ways works.
+    embedding_model: bool = False
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -56,6 +56,7 @@ class FineTune(MetaLearner):
     """
 
     task_type = "classification"
+    embedding_model = True
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class ProtoNet(MetaLearner):
     :mod:`quickstudy.algorithms.execution`)."""
 
     task_type = "classification"
+    embedding_model = True
 
     def __init__(self, model: nn.Module, strategy: str = "auto") -> None:
         super().__init__()

@@ -14,6 +14,10 @@ Prototypical Networks or the fine-tune baseline.
 Batch norm follows ``batch_norm`` (see :mod:`quickstudy.models.batchnorm`): ``"transductive"``
 (default, MAML's setting), ``"running"`` or ``"none"``.
 
+``pooled_blocks=2`` keeps the max-pool in the first two blocks only, so the features stay a spatial map
+(``hidden x 7 x 7`` on 28x28 images; ``feature_shape`` gives it): the embedding of Relation Networks (Sung et al.
+2018), whose relation module compares maps with convolutions.
+
 ``kernels`` is the model's one switch for speed (see :mod:`quickstudy.models.fast_path`): ``"auto"`` (all of
 quickstudy's CPU kernels where their pattern matches), ``"none"`` (the plain layers) or a list of kernel
 names. Values and derivatives are the plain layers' up to float rounding. ``forward(x, backward_once=True)``
@@ -40,14 +44,16 @@ __all__ = ["Conv4", "conv4_sequential"]
 
 
 def _blocks(in_channels: int, hidden: int, stride_variant: bool, image_size: int, norm,
-            relu_before_pool: bool) -> tuple[list[nn.Module], int]:
-    """The four conv blocks and the spatial size they leave."""
+            relu_before_pool: bool, pooled_blocks: int = 4) -> tuple[list[nn.Module], int]:
+    """The four conv blocks and the spatial size they leave (the first ``pooled_blocks`` end in a max-pool)."""
     layers: list[nn.Module] = []
     size, channels = image_size, in_channels
-    for _ in range(4):
+    for block in range(4):
         if stride_variant:
             layers += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1), norm(hidden), nn.ReLU()]
             size = (size - 1) // 2 + 1
+        elif block >= pooled_blocks:
+            layers += [nn.Conv2d(channels, hidden, 3, padding=1), norm(hidden), nn.ReLU()]
         else:
             conv = nn.Conv2d(channels, hidden, 3, padding=1)
             # max-pool before ReLU: they commute exactly (ReLU is monotone, ties pick the same element), and
@@ -63,7 +69,7 @@ def _blocks(in_channels: int, hidden: int, stride_variant: bool, image_size: int
 
 class Conv4(nn.Module):
     """``Conv4(in_channels=1, ways=5, hidden=64, stride_variant=False, image_size=28, batch_norm="transductive",
-    kernels="auto")``.
+    kernels="auto", pooled_blocks=4)``.
 
     Input ``[n, in_channels, image_size, image_size]``; output ``[n, ways]`` logits, or
     ``[n, feature_dim]`` features when ``ways=None``.
@@ -78,9 +84,14 @@ class Conv4(nn.Module):
         image_size: int = 28,
         batch_norm: str = "transductive",
         kernels: str | Iterable[str] = "auto",
+        pooled_blocks: int = 4,
     ) -> None:
         super().__init__()
         check_int("Conv4", "in_channels", in_channels)
+        check_int("Conv4", "pooled_blocks", pooled_blocks, minimum=0)
+        if pooled_blocks > 4 or (stride_variant and pooled_blocks != 4):
+            raise ValueError(f"Conv4: pooled_blocks must be in 0..4 (and 4 with stride_variant=True), "
+                             f"got {pooled_blocks!r}")
         if ways is not None:
             check_int("Conv4", "ways", ways)
         check_int("Conv4", "hidden", hidden)
@@ -91,9 +102,13 @@ class Conv4(nn.Module):
         self.stride_variant, self.image_size, self.batch_norm = stride_variant, image_size, batch_norm
         #: the kernels this model runs where their pattern matches (quickstudy.models.fast_path)
         self.kernels = resolve_kernels("Conv4", kernels)
+        self.pooled_blocks = pooled_blocks
         layers, size = _blocks(in_channels, hidden, stride_variant, image_size,
-                               lambda width: make_norm(batch_norm, width), relu_before_pool=False)
+                               lambda width: make_norm(batch_norm, width), relu_before_pool=False,
+                               pooled_blocks=pooled_blocks)
         self.features = nn.Sequential(*layers)
+        #: the features before flattening: ``(hidden, size, size)``, or ``(hidden,)`` for the stride variant
+        self.feature_shape = (hidden,) if stride_variant else (hidden, size, size)
         #: size of the features the head sees (and of the output when ``ways=None``)
         self.feature_dim = hidden if stride_variant else hidden * size * size
         self.head = nn.Linear(self.feature_dim, ways) if ways is not None else None
