@@ -236,3 +236,29 @@ def _trains(model):
         last = maml.meta_backward(batch)["loss"]
         optimizer.step()
     assert last < first * 0.95, (first, last)  # random images: the head learns the label prior
+
+
+@pytest.mark.parametrize("strategy", ["auto", "threads"])
+@pytest.mark.parametrize("make", [lambda: conv4_sequential(hidden=6, image_size=16),
+                                  lambda: qs.models.Conv4(in_channels=1, ways=5, hidden=6, image_size=16)],
+                         ids=["users_conv4", "builtin_conv4"])
+def test_meta_loss_backward_gives_meta_backwards_gradient_bit_for_bit_and_the_loops(make, strategy):
+    """The README's path, meta_loss(batch)[0].backward(), computes its meta-gradient task by task as meta_backward
+    does (threads, the query pass backpropagated once): the same numbers, and the loop's up to rounding."""
+    torch.manual_seed(5)
+    model = make().double()
+    batch = tasks(4, seed=6)
+    eager = meta_gradient(model, batch, "meta_loss", strategy=strategy)
+    assert all(torch.equal(a, b) for a, b in zip(eager, meta_gradient(model, batch, "meta_backward", strategy=strategy)))
+    assert_same(eager, meta_gradient(model, batch, "meta_loss", strategy="loop"), 1e-12)
+    maml = qs.MAML(model, inner_lr=0.3, inner_steps=2, strategy=strategy)
+    maml.zero_grad()
+    loss, _ = maml.meta_loss(batch)
+    assert loss.grad_fn is not None and "MeanWithGradient" in type(loss.grad_fn).__name__
+    (2 * loss).backward()  # the chain rule holds through the eager mean
+    assert_same([p.grad for p in maml.parameters()], [2 * g for g in eager], 1e-12)
+    with pytest.raises(RuntimeError, match="cannot be differentiated twice.*strategy='loop'"):
+        torch.autograd.grad(maml.meta_loss(batch)[0], list(maml.parameters()), create_graph=True)
+    with torch.no_grad():
+        value, _ = maml.meta_loss(batch)
+    assert value.grad_fn is None and torch.allclose(value, loss)
