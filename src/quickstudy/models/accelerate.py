@@ -16,7 +16,9 @@ training mode are read at every call. Everything else runs as the model wrote it
 separate ``GraphModule`` that shares the model's layer objects: the model, its ``forward``, its parameters and
 its ``state_dict`` keys are untouched, and ``torch.func.functional_call`` on the program reads the tensors it is
 given. Python control flow on ``self.training`` is fixed when tracing, so a program is traced per combination
-of the modules' training modes (train / eval). A model ``torch.fx`` cannot trace (data-dependent control
+of the modules' training modes (train / eval); other Python values the forward reads (a plain float attribute
+changed between calls, say) are fixed when tracing too: pass such a model through
+``accelerate(model, kernels="none")``. A model in which no pattern matches runs as it is (no program). A model ``torch.fx`` cannot trace (data-dependent control
 flow) runs as it is, and the listing says why. Forward hooks of replaced layers do not fire in the program.
 """
 
