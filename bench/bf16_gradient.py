@@ -7,7 +7,7 @@ under ``torch.autocast("cpu", bfloat16)`` (``train.precision: bfloat16``), and p
 (5-way, 15 queries per class; needs the data set, see README "Data") and the speed bench's synthetic
 ones (uniform-noise images, bench/peers/common.py), both from freshly initialised weights.
 
-    python bench/bf16_gradient.py [--meta-batch 8] [--json bench/out/bf16_gradient.json]
+    python -m bench.bf16_gradient [--meta-batch 8] [--json bench/out/bf16_gradient.json]
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ import argparse
 import json
 import os
 import platform
-import sys
 
 import torch
 import torch.nn.functional as F
 
 import quickstudy as qs
 
+from bench.peers import common
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "peers"))
-import common  # noqa: E402
 
 CELLS = [(1, 1, False), (1, 1, True), (1, 5, False), (5, 1, False)]  # shots, inner steps, first order
 

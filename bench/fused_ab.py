@@ -3,11 +3,11 @@ on and off through the model's switch (``Conv4.kernels``), in one process, so th
 alike. ``--switch fused-tail`` (default) is the fused batch norm -> max-pool -> ReLU of graphs backpropagated
 once; ``--switch lean-pool`` the lean batch norm -> max-pool of second-order inner loops.
 
-    python bench/fused_ab.py                       # 1-shot, 1 inner step, second order, meta-batch 32
-    python bench/fused_ab.py --shots 5 --reps 8
-    python bench/fused_ab.py --inner-steps 5 --first-order
-    python bench/fused_ab.py --bfloat16            # under autocast, as Trainer(precision="bfloat16")
-    python bench/fused_ab.py --switch lean-pool --shots 5 --inner-steps 5
+    python -m bench.fused_ab                       # 1-shot, 1 inner step, second order, meta-batch 32
+    python -m bench.fused_ab --shots 5 --reps 8
+    python -m bench.fused_ab --inner-steps 5 --first-order
+    python -m bench.fused_ab --bfloat16            # under autocast, as Trainer(precision="bfloat16")
+    python -m bench.fused_ab --switch lean-pool --shots 5 --inner-steps 5
 
 Prints tasks/s of each and their ratio (median over the alternating repeats). Random 28x28 images, 5-way,
 15 queries per class, Adam 1e-3, the default strategy (threads on CPU) and the caching allocator, as

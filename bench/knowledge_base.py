@@ -2,10 +2,10 @@
 set (3-fold stratified CV, balanced accuracy) plus pymfe meta-features. Long (34 min here on one shared
 core), resumable, one data set at a time.
 
-    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python bench/knowledge_base.py      # all data sets
-    .venv/bin/python bench/knowledge_base.py --limit 3                              # a smoke run
-    .venv/bin/python bench/knowledge_base.py --assemble                             # tables from parts only
-    nice -n 19 .venv/bin/python bench/knowledge_base.py --retry-timeouts 120       # re-score cells cut off
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python -m bench.knowledge_base      # all data sets
+    .venv/bin/python -m bench.knowledge_base --limit 3                              # a smoke run
+    .venv/bin/python -m bench.knowledge_base --assemble                             # tables from parts only
+    nice -n 19 .venv/bin/python -m bench.knowledge_base --retry-timeouts 120       # re-score cells cut off
 
 Per data set: labels encoded, classes with < 3 rows dropped, a stratified subsample of at most
 ``--max-rows`` (1,000) rows; each configuration (quickstudy.automl.portfolio, 39 of them) is scored
@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-from quickstudy._atomic import atomic_write_text  # noqa: E402
+from quickstudy.files import atomic_write_text  # noqa: E402
 from quickstudy.automl.crossval import cv_folds, score_configuration  # noqa: E402
 from quickstudy.automl.datasets import load_pmlb, pmlb_names, pmlb_root, prepare_classification  # noqa: E402
 from quickstudy.automl.knowledge import DATA_DIR  # noqa: E402
@@ -116,7 +115,7 @@ def assemble(parts_dir: Path = PARTS, out_dir: Path = DATA_DIR) -> tuple[int, Pa
     atomic_write_text(out_dir / "metafeatures.csv", mf.to_csv(float_format="%.6g"))
     atomic_write_text(ROOT / "docs" / "automl" / "fit_seconds.csv", seconds.to_csv(float_format="%.3f"))
     info = {
-        "command": "nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python bench/knowledge_base.py",
+        "command": "nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python -m bench.knowledge_base",
         "datasets": len(parts), "configurations": len(names),
         "protocol": "3-fold stratified CV (shuffled, seed 0), balanced accuracy, <= 1000 rows (stratified "
                     "subsample), classes with < 3 rows dropped; pymfe general/statistical/info-theory/"

@@ -6,10 +6,10 @@ bench/peers/common.py, samples the RSS (/proc/self/statm) and the number of live
 the first and the last third of the samples after ``--settle`` steps (medians: the RSS of a torch process
 jitters by tens of MiB; allocator warm-up happens before ``--settle``), or if the live-tensor count grew.
 
-    .venv/bin/python bench/leak.py                               # MAML 1-shot 1-step 2nd order, B=1 (~25 min)
-    .venv/bin/python bench/leak.py --steps 600 --every 100       # a few minutes
-    .venv/bin/python bench/leak.py --cell protonet-1shot --meta-batch 8
-    .venv/bin/python bench/leak.py --steps 300 --every 50 --meta-batch 2 --json bench/out/leak.json
+    .venv/bin/python -m bench.leak                               # MAML 1-shot 1-step 2nd order, B=1 (~25 min)
+    .venv/bin/python -m bench.leak --steps 600 --every 100       # a few minutes
+    .venv/bin/python -m bench.leak --cell protonet-1shot --meta-batch 8
+    .venv/bin/python -m bench.leak --steps 300 --every 50 --meta-batch 2 --json bench/out/leak.json
 
 The meta-batch is 1 by default (10,000 steps x 32 tasks would take hours); a leak per meta-step or per
 task shows at any batch size.
@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "peers"))
 
 
 def live_tensors() -> int:
@@ -55,11 +54,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    import common
+    from bench.peers import common
 
     common.set_threads(args.threads)
     cell = common.CELLS[args.cell].with_meta_batch(args.meta_batch)
-    worker = __import__(f"{args.lib}_worker")
+    worker = importlib.import_module(f"bench.peers.{args.lib}_worker")
     step, _ = worker.build(cell, common.make_batch(cell), torch.float32)
 
     print(f"{args.lib} {cell.name} meta-batch {cell.meta_batch}, {args.steps} meta-steps, threads {args.threads}, "

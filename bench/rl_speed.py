@@ -1,9 +1,9 @@
 """Meta-RL speed: environment steps per second and MAML-TRPO meta-iterations per hour, quickstudy's batched
 2D navigation against a straightforward per-task loop, in this process, same machine, same run.
 
-    .venv/bin/python bench/rl_speed.py                 # the paper's sizes: 20 tasks x 20 episodes x 100 steps
-    .venv/bin/python bench/rl_speed.py --quick         # smoke check: small sizes, one repeat
-    .venv/bin/python bench/rl_speed.py --iterations 3 --threads 1
+    .venv/bin/python -m bench.rl_speed                 # the paper's sizes: 20 tasks x 20 episodes x 100 steps
+    .venv/bin/python -m bench.rl_speed --quick         # smoke check: small sizes, one repeat
+    .venv/bin/python -m bench.rl_speed --iterations 3 --threads 1
 
 Rows:
 
@@ -31,7 +31,6 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

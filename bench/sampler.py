@@ -3,7 +3,7 @@
 Runs on an Omniglot-shaped store (4112 classes x 20 drawings x 1x28x28 uint8, the vinyals train split)
 so it needs no data; with --omniglot it uses the real archives. Prints a table and writes JSON.
 
-    python bench/sampler.py [--omniglot] [--batches 200] [--json bench/out/sampler.json]
+    python -m bench.sampler [--omniglot] [--batches 200] [--json bench/out/sampler.json]
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ Two sweeps from a base cell (default: 5-way 1-shot, 15 queries, second order, Co
 every point in its own process (bench/peers/run.py), so ``peak RSS`` (``ru_maxrss`` of that process) is
 the point's own. Writes bench/out/scaling.png (matplotlib, Agg) and bench/out/scaling.json.
 
-    .venv/bin/python bench/scaling.py --threads 1
-    .venv/bin/python bench/scaling.py --quick                      # 1,2,3 steps; batches 1,4,16
-    .venv/bin/python bench/scaling.py --libs quickstudy,torch_loop --first-order
+    .venv/bin/python -m bench.scaling --threads 1
+    .venv/bin/python -m bench.scaling --quick                      # 1,2,3 steps; batches 1,4,16
+    .venv/bin/python -m bench.scaling --libs quickstudy,torch_loop --first-order
 
 With a memory-frugal per-task loop the time should grow linearly in both, and the peak memory should
 be flat in the meta-batch (one task's graph at a time) and linear in the inner steps (second order
@@ -25,10 +25,10 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+from bench.processes import python_for, run_worker
+from bench.speed import DEFAULT_PEERS_PYTHON
 
-from speed import DEFAULT_PEERS_PYTHON, PEERS_DIR, python_for, run_worker  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _ints(text: str) -> list[int]:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     def measure(lib, sweep, inner_steps, meta_batch):
         wargs = ["--lib", lib, "--cell", cell, "--threads", str(args.threads), "--warmup", str(args.warmup),
                  "--steps", str(args.steps), "--inner-steps", str(inner_steps), "--meta-batch", str(meta_batch)]
-        r = run_worker(python_for(lib, args.peers_python), os.path.join(PEERS_DIR, "run.py"), wargs, args.threads,
+        r = run_worker(python_for(lib, args.peers_python), "bench.peers.run", wargs, args.threads,
                        3600, args.max_rss_gib * 1024)
         point = {"lib": lib, "sweep": sweep, "inner_steps": inner_steps, "meta_batch": meta_batch,
                  **{k: r.get(k) for k in ("median_s", "min_s", "tasks_per_s", "peak_rss_mib", "rss_before_mib",

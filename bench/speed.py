@@ -1,12 +1,12 @@
 """Meta-training speed of quickstudy against learn2learn, higher, TorchOpt, a plain per-task PyTorch loop
 and torch.func vmap: same machine, same run, same data, same model, every variant in its own process.
 
-    .venv/bin/python bench/speed.py                       # the issue's table + ProtoNet + Reptile
-    .venv/bin/python bench/speed.py --quick               # smoke check: 1 warm-up + 2 timed steps each
-    .venv/bin/python bench/speed.py --cells all --threads 2 --repeats 3
-    .venv/bin/python bench/speed.py --cells 'maml-1shot-*' --libs quickstudy,learn2learn
-    .venv/bin/python bench/speed.py --check               # exactness: float64 meta-gradients vs the loop
-    .venv/bin/python bench/speed.py --profile --cells maml-1shot-1step-2nd --libs quickstudy,torch_loop
+    .venv/bin/python -m bench.speed                       # the issue's table + ProtoNet + Reptile
+    .venv/bin/python -m bench.speed --quick               # smoke check: 1 warm-up + 2 timed steps each
+    .venv/bin/python -m bench.speed --cells all --threads 2 --repeats 3
+    .venv/bin/python -m bench.speed --cells 'maml-1shot-*' --libs quickstudy,learn2learn
+    .venv/bin/python -m bench.speed --check               # exactness: float64 meta-gradients vs the loop
+    .venv/bin/python -m bench.speed --profile --cells maml-1shot-1step-2nd --libs quickstudy,torch_loop
 
 Peers run from .peers/venv (``bash bench/peers/setup.sh``); quickstudy, the plain loop and vmap from
 this interpreter (or ``--python``). ``qs_bf16`` is quickstudy's bfloat16 mode (``train.precision: bfloat16``,
@@ -20,7 +20,7 @@ and 5 timed steps, at most ~4 s of them (--max-timed-s, at least 3 steps), no wo
 (no venvs): ``--python python3 --peers-python python3`` and the packages on PYTHONPATH, which the workers
 then inherit (see ``--keep-pythonpath``)::
 
-    PYTHONPATH=/tmp/site:$PWD/src python3 bench/speed.py --device cuda --python python3 --peers-python python3 \
+    PYTHONPATH=/tmp/site:$PWD/src python3 -m bench.speed --device cuda --python python3 --peers-python python3 \
         --json /abs/path/speed_gpu.json
 
 Printed: per cell and library, tasks/s (B / median meta-step wall time over --steps timed steps after
@@ -33,37 +33,21 @@ start of the run. JSON: bench/out/speed.json (machine, load averages, roofs, eve
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import time
 
+from bench.libraries import ALL_LIBS, DEFAULT_LIBS, ISSUE_TABLE, LIB_NAMES, has_cell
+from bench.peers import common
+from bench.processes import (_on_sigterm, _Stopped, cpu_has_bfloat16_instructions, python_for, resolve_python,
+                             run_worker)
+from bench.speed_table import _fmt, aggregate, print_table, write_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-PEERS_DIR = os.path.join(HERE, "peers")
-sys.path.insert(0, PEERS_DIR)
 
-import common  # noqa: E402
-
-ALL_LIBS = ("quickstudy", "qs_loop", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
-#: the default --libs per device (qs_loop: quickstudy's leanest strategy, beside "auto": threads on CPU, vmap on CUDA)
-DEFAULT_LIBS = {"cpu": ("quickstudy", "qs_loop", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap"),
-                "cuda": ALL_LIBS}
-PEER_LIBS = ("learn2learn", "higher", "torchopt")  # "the fastest peer" is the fastest of these
-PROJECT_LIBS = ("quickstudy", "qs_loop", "qs_bf16", "torch_loop", "vmap")  # run by --python (no peers venv needed)
 DEFAULT_PEERS_PYTHON = os.path.join(ROOT, ".peers", "venv", "bin", "python")
-#: what each worker supports (its SUPPORTS) and its LIBRARY name: the driver skips the other cells without
-#: starting a process (the worker would import torch and its library only to say "skipped")
-LIB_SUPPORTS = {"quickstudy": {"maml", "protonet", "reptile"}, "qs_loop": {"maml", "protonet"},
-                "qs_bf16": {"maml", "protonet", "reptile"}, "torch_loop": {"maml", "protonet", "reptile"},
-                "learn2learn": {"maml", "protonet"}, "higher": {"maml"}, "torchopt": {"maml"}, "vmap": {"maml"}}
-LIB_NAMES = {"quickstudy": "quickstudy", "qs_loop": "quickstudy (loop)", "qs_bf16": "quickstudy (bfloat16)",
-             "torch_loop": "plain torch loop", "learn2learn": "learn2learn", "higher": "higher", "torchopt": "TorchOpt",
-             "vmap": "torch.func vmap"}
 #: per-device defaults of --warmup, --steps, --max-timed-s, --timeout (s per worker) and --budget-s (0 = none).
 #: CUDA: ~41 processes of ~5-10 s start-up each (python, import torch, CUDA context, cuDNN) must fit in a few
 #: minutes; GPU step times are steady (1 warm-up suffices: cuDNN's heuristics and the allocator settle there).
@@ -71,263 +55,6 @@ DEVICE_DEFAULTS = {"cpu": {"warmup": 2, "steps": 7, "max_timed_s": 0.0, "timeout
                    "cuda": {"warmup": 1, "steps": 5, "max_timed_s": 4.0, "timeout": 150.0, "budget_s": 345.0}}
 #: rough start-up cost of one worker process (python + import torch + the library; CUDA init on the GPU), s
 STARTUP_S = {"cpu": 3.0, "cuda": 7.0}
-
-#: tasks/s (median) from the issue, measured before quickstudy existed (2-core EPYC, torch 2.13 CPU)
-ISSUE_TABLE = {
-    "maml-1shot-1step-2nd": {"torch_loop": 21.3, "learn2learn": 16.4, "higher": 16.6, "torchopt": 14.4, "vmap": 4.0},
-    "maml-1shot-1step-1st": {"torch_loop": 16.8, "learn2learn": 17.8, "higher": 20.6, "vmap": 4.4},
-    "maml-1shot-5step-2nd": {"torch_loop": 8.3, "learn2learn": 9.1, "higher": 7.2, "torchopt": 8.3, "vmap": 3.0},
-    "maml-5shot-1step-2nd": {"torch_loop": 10.6, "learn2learn": 8.5, "higher": 9.6, "torchopt": 9.5, "vmap": 2.4},
-}
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-class _Stopped(Exception):
-    """The driver got SIGTERM: the running worker is killed, the results so far are printed and written."""
-
-
-def cpu_has_bfloat16_instructions() -> bool:
-    """AVX-512 BF16 or AMX in /proc/cpuinfo (x86 Linux); True where it cannot tell. Without them torch emulates
-    bfloat16 products (Trainer warns: several times slower than float32), so the default CPU run skips qs_bf16."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), None)
-    except OSError:
-        return True
-    return flags is None or "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _on_sigterm(signum, frame):
-    raise _Stopped(f"signal {signum}")
-
-
-def _proc_stat_busy() -> tuple[int, int]:
-    """(busy jiffies, total jiffies) of the whole machine, from /proc/stat."""
-    try:
-        with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
-    except OSError:
-        return 0, 0
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return sum(values) - idle, sum(values)
-
-
-def _rss_of(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def run_worker(python: str, script: str, args: list[str], threads: int, timeout: float, max_rss_mib: float,
-               extra_env: dict | None = None, keep_pythonpath: bool = False) -> dict:
-    """Run one worker process; return its RESULT dict plus what the driver observed around it.
-
-    The driver watches the worker's RSS and kills it beyond ``max_rss_mib`` (vmap can take 15 GiB) or
-    after ``timeout`` seconds. ``foreign_cpu`` = CPU used by everything else on the machine while the worker
-    ran, in cores (0 on an idle machine; > 0 means the timing is disturbed). The worker gets this process's
-    environment without PYTHONPATH (each venv has what it needs), unless ``keep_pythonpath`` (one python3
-    for everything, the packages on PYTHONPATH: the GPU machine).
-    """
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0")
-    if not keep_pythonpath:
-        env.pop("PYTHONPATH", None)
-    env.update(extra_env or {})
-    busy0, total0 = _proc_stat_busy()
-    usage0 = os.times()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([python, script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT)
-    killed = None
-    watched_rss = 0.0
-    try:
-        while proc.poll() is None:
-            time.sleep(0.1)
-            watched_rss = max(watched_rss, _rss_of(proc.pid))
-            if watched_rss > max_rss_mib:
-                killed = f"RSS {watched_rss:.0f} MiB > --max-rss-gib"
-            elif time.perf_counter() - t0 > timeout:
-                killed = f"timeout after {timeout:.0f} s"
-            if killed:
-                proc.kill()
-                break
-    except BaseException:  # the driver is being stopped: never leave the worker running
-        proc.kill()
-        proc.wait()
-        raise
-    stdout, stderr = proc.communicate()
-    elapsed = time.perf_counter() - t0
-    usage1 = os.times()
-    busy1, total1 = _proc_stat_busy()
-    hz = os.sysconf("SC_CLK_TCK")
-    child_cpu = (usage1.children_user - usage0.children_user) + (usage1.children_system - usage0.children_system)
-    foreign = max(0.0, (busy1 - busy0) / hz - child_cpu) / elapsed if elapsed > 0 else 0.0
-    result = None
-    for line in stdout.splitlines():
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
-    if result is None:
-        tail = (stderr or stdout).strip().splitlines()[-15:]
-        result = {"error": killed or f"exit code {proc.returncode}", "stderr_tail": tail}
-    result.update(elapsed_s=elapsed, foreign_cpu_cores=foreign, watched_rss_mib=watched_rss)
-    return result
-
-
-# ----------------------------------------------------------------------------- formatting
-
-
-def _fmt(value, spec, missing="-"):
-    return missing if value is None else format(value, spec)
-
-
-def summarize_cell(rows: dict[str, dict], mem_key: str = "peak_rss_mib") -> None:
-    """Add ``ratio_to_fastest_peer``, ``ratio_to_loop`` and ``mem_ratio_to_leanest_peer`` to each row.
-
-    ``mem_key``: the memory the ratio compares (``peak_rss_mib`` on CPU, ``gpu_peak_mib`` on CUDA)."""
-    ok = {lib: r for lib, r in rows.items() if r.get("tasks_per_s")}
-    peers = [r["tasks_per_s"] for lib, r in ok.items() if lib in PEER_LIBS]
-    peer_mem = [r[mem_key] for lib, r in ok.items() if lib in PEER_LIBS and r.get(mem_key)]
-    loop = ok.get("torch_loop", {}).get("tasks_per_s")
-    loop_flops = ok.get("torch_loop", {}).get("flops")
-    for r in ok.values():
-        r["ratio_to_fastest_peer"] = r["tasks_per_s"] / max(peers) if peers else None
-        r["ratio_to_loop"] = r["tasks_per_s"] / loop if loop else None
-        r["mem_ratio_to_leanest_peer"] = r[mem_key] / min(peer_mem) if peer_mem and r.get(mem_key) else None
-        # Useful FLOPs: the same maths everywhere, so the plain loop's count when a library's own count
-        # differs (FlopCounterMode overcounts the grouped-convolution backward that vmap's batching rule
-        # produces: 2.5x for 4 groups in torch 2.13, growing with the groups).
-        r["useful_flops"] = r.get("flops")
-        if loop_flops and r.get("flops") and abs(r["flops"] / loop_flops - 1) > 0.05:
-            r["useful_flops"] = loop_flops
-            r["flops_note"] = "own FLOP count differs from the plain loop's by more than 5%; useful FLOPs = the loop's"
-        elif loop_flops and not r.get("flops") and r is not ok.get("torch_loop"):
-            # FlopCounterMode sees only its own thread: the threads strategy is not counted, same maths
-            r["useful_flops"] = loop_flops
-            r["flops_note"] = "no own FLOP count (worker threads); useful FLOPs = the plain loop's"
-
-
-def _why(r: dict) -> str:
-    """Why a row has no timing: the skip reason, or the error with the worker's last error line."""
-    why = r.get("skipped") or r.get("error") or "?"
-    tail = [line.strip() for line in r.get("stderr_tail", []) if line.strip()]
-    if "error" in r and tail:
-        errors = [line for line in tail if "Error" in line or "Exception" in line]
-        why += ": " + (errors[-1] if errors else tail[-1])[:160]
-    return why
-
-
-def device_line(device: str, machine: dict) -> str:
-    """``device=cpu`` or ``device=cuda (GPU name, torch ..., CUDA ...)`` for the table's header."""
-    if device != "cuda":
-        return f"device={device}"
-    return (f"device=cuda ({machine.get('gpu_name') or '?'}, torch {machine.get('torch', '?')}, "
-            f"CUDA {machine.get('torch_cuda') or '?'}, cuDNN {machine.get('cudnn') or '?'})")
-
-
-def _gflops_of(r):
-    useful = r.get("useful_flops") / 1e9 if r.get("useful_flops") else None
-    return (r.get("flops") / 1e9 if r.get("flops") else None), (useful / r["median_s"] if useful else None)
-
-
-def print_table(results: dict, roofs: dict, threads: int, device: str = "cpu", machine: dict | None = None) -> None:
-    if device == "cuda":
-        return print_table_cuda(results, roofs, threads, machine or {})
-    fp32 = roofs.get("gemm_float32_gflops")
-    bf16 = roofs.get("gemm_bfloat16_gflops")
-    print()
-    print(f"{device_line(device, machine or {})}  threads={threads}  GEMM roofs: float32 {_fmt(fp32, '.0f')} GFLOP/s, "
-          f"bfloat16 {_fmt(bf16, '.0f')} GFLOP/s; "
-          f"Conv4 fwd+bwd (80 images) {_fmt(roofs.get('conv4_fwd_bwd_gflops'), '.0f')} GFLOP/s")
-    header = (f"{'cell':<24}{'library':<13}{'tasks/s':>9}{'±':>6}{'/cpu-s':>8}{'issue':>7}{'vs peer':>8}{'vs loop':>8}"
-              f"{'peak MiB':>9}{'base MiB':>9}{'kflt/t':>7}{'GFLOP/st':>9}{'GFLOP/s':>8}{'%fp32':>6}{'%bf16':>6}{'other':>6}")
-    for cell, lib, r, gflop, gflops, mark in _measured_rows(results, header):
-        spread = r.get("tasks_per_s_spread")
-        print(f"{cell:<24}{lib:<13}{r['tasks_per_s']:>9.2f}{_fmt(spread, '.0%'):>6}{r['tasks_per_cpu_s']:>8.2f}"
-              f"{_fmt(ISSUE_TABLE.get(cell, {}).get(lib), '.1f'):>7}"
-              f"{_fmt(r.get('ratio_to_fastest_peer'), '.2f'):>8}{_fmt(r.get('ratio_to_loop'), '.2f'):>8}"
-              f"{r['peak_rss_mib']:>9.0f}{r['rss_before_mib']:>9.0f}"
-              f"{_fmt(r.get('minor_faults_per_step') and r['minor_faults_per_step'] / r['meta_batch'] / 1e3, '.1f'):>7}"
-              f"{_fmt(gflop, '.1f') + mark:>9}"
-              f"{_fmt(gflops, '.1f'):>8}{_fmt(gflops and fp32 and 100 * gflops / fp32, '.0f'):>6}"
-              f"{_fmt(gflops and bf16 and 100 * gflops / bf16, '.0f'):>6}{r.get('foreign_cpu_cores', 0):>6.2f}")
-    print("tasks/s: meta-batch / median meta-step wall time; ±: (max-min)/median of the timed steps; /cpu-s: per "
-          "CPU-second of the worker; issue: the issue's number; vs peer: / fastest of learn2learn, higher, TorchOpt; "
-          "peak MiB: ru_maxrss of the worker; base MiB: RSS before the first step; kflt/t: minor page faults per task, "
-          "thousands (fresh pages from the kernel: ~2.5 us each in these VMs); other: CPU cores used by other "
-          "processes during the worker (0 = idle machine); GFLOP/st: FlopCounterMode count of one meta-step (*: not "
-          "counted (the threads strategy: the counter sees one thread) or differs from the plain loop's by > 5%, e.g. "
-          "vmap, whose grouped-convolution backward the counter overcounts; GFLOP/s and the roof shares then use the "
-          "loop's count, the same maths)")
-
-
-def _measured_rows(results: dict, header: str):
-    """Print the header, then yield (cell, library, row, GFLOP per step, GFLOP/s, mark) for every measured row;
-    rows without a measurement print why (mark '*': the FLOP count is the plain loop's)."""
-    print(header)
-    print("-" * len(header))
-    for cell, rows in results.items():
-        for lib, r in rows.items():
-            if "tasks_per_s" not in r:
-                print(f"{cell:<24}{lib:<13}{'':>9}  ({_why(r)})")
-                continue
-            gflop, gflops = _gflops_of(r)
-            yield cell, lib, r, gflop, gflops, "*" if r.get("flops_note") else ""
-
-
-def print_table_cuda(results: dict, roofs: dict, threads: int, machine: dict) -> None:
-    """The GPU table: GPU memory instead of RSS, no CPU-only columns (issue, /cpu-s, page faults)."""
-    fp32 = roofs.get("gemm_float32_gflops")
-    bf16 = roofs.get("gemm_bfloat16_gflops")
-    check = roofs.get("float32_check") or {}
-    print()
-    print(f"{device_line('cuda', machine)}  threads={threads}")
-    print(f"GEMM roofs (n={roofs.get('gemm_size', '?')}): float32 {_fmt(fp32, '.0f')} GFLOP/s (TF32 off), "
-          f"bfloat16 {_fmt(bf16, '.0f')} GFLOP/s; Conv4 fwd+bwd (80 images) "
-          f"{_fmt(roofs.get('conv4_fwd_bwd_gflops'), '.0f')} GFLOP/s; float32 exact: "
-          f"{check.get('exact_float32', '?')} (matmul rel. err {_fmt(check.get('matmul_rel_err'), '.1e')}, "
-          f"conv {_fmt(check.get('conv_rel_err'), '.1e')})")
-    header = (f"{'cell':<24}{'library':<13}{'tasks/s':>9}{'±':>6}{'ms/step':>9}{'vs peer':>8}{'vs loop':>8}"
-              f"{'GPU MiB':>9}{'GPU base':>9}{'RSS MiB':>8}{'GFLOP/st':>9}{'GFLOP/s':>9}{'%fp32':>6}{'%bf16':>6}"
-              f"{'other':>6}  strategy")
-    for cell, lib, r, gflop, gflops, mark in _measured_rows(results, header):
-        strategy = (r.get("details") or {}).get("strategy") or "-"
-        print(f"{cell:<24}{lib:<13}{r['tasks_per_s']:>9.1f}{_fmt(r.get('tasks_per_s_spread'), '.0%'):>6}"
-              f"{1e3 * r['median_s']:>9.1f}"
-              f"{_fmt(r.get('ratio_to_fastest_peer'), '.2f'):>8}{_fmt(r.get('ratio_to_loop'), '.2f'):>8}"
-              f"{_fmt(r.get('gpu_peak_mib'), '.0f'):>9}{_fmt(r.get('gpu_base_mib'), '.0f'):>9}"
-              f"{r['peak_rss_mib']:>8.0f}{_fmt(gflop, '.1f') + mark:>9}{_fmt(gflops, '.0f'):>9}"
-              f"{_fmt(gflops and fp32 and 100 * gflops / fp32, '.1f'):>6}"
-              f"{_fmt(gflops and bf16 and 100 * gflops / bf16, '.1f'):>6}{r.get('foreign_cpu_cores', 0):>6.2f}"
-              f"  {strategy.split(' ')[0]}")
-    print("tasks/s: meta-batch / median meta-step wall time (each step ends with torch.cuda.synchronize()); ±: "
-          "(max-min)/median of the timed steps; vs peer: / fastest of learn2learn, higher, TorchOpt; GPU MiB: "
-          "torch.cuda.max_memory_allocated over the timed steps (the counter is reset after the warm-up; the warm-up's "
-          "peak is gpu_peak_warmup_mib in the JSON); GPU base: allocated after building model and batch; RSS MiB: "
-          "ru_maxrss of the worker; GFLOP/st: FlopCounterMode count of one meta-step (*: differs from the plain loop's "
-          "by > 5%: vmap's grouped-convolution backward is overcounted; GFLOP/s and the roof shares then use the "
-          "loop's count); %fp32/%bf16: share of the GPU's GEMM roofs; other: CPU cores used by other processes; "
-          "strategy: what quickstudy's strategy resolved to. Every float32 row is exact float32 (TF32 off).")
-
-
-# ----------------------------------------------------------------------------- modes
-
-
-def resolve_python(python: str | None) -> str | None:
-    """An interpreter given by name (``python3``) is looked up on PATH; a path is kept as it is."""
-    if python and os.sep not in python:
-        return shutil.which(python) or python
-    return python
-
-
-def python_for(lib: str, peers_python: str, python: str | None = None) -> str:
-    """The interpreter of ``lib``'s worker: ``python`` (default: this one) for the project's rows, else the peers'."""
-    return (python or sys.executable) if lib in PROJECT_LIBS else peers_python
 
 
 def check_exactness(cells, libs, peers_python, threads, timeout, python=None, device="cpu",
@@ -345,17 +72,17 @@ def check_exactness(cells, libs, peers_python, threads, timeout, python=None, de
         for lib in ["torch_loop"] + [lib for lib in libs if lib != "torch_loop"]:
             interpreter = python_for(lib, peers_python, python)
             if not os.path.exists(interpreter):
-                print(f"{cell:<24}{lib:<13} not installed ({interpreter})")
+                print(f"{cell:<30}{lib:<19} not installed ({interpreter})")
                 continue
             path = os.path.join(out_dir, f"{cell}.{lib}.pt")
-            r = run_worker(interpreter, os.path.join(PEERS_DIR, "run.py"),
+            r = run_worker(interpreter, "bench.peers.run",
                            ["--lib", lib, "--cell", cell, "--threads", str(threads), "--warmup", "0", "--steps", "0",
                             "--meta-batch", "2", "--float64", "--dump-grad", path] + device_args, threads, timeout, 1e9,
                            keep_pythonpath=keep_pythonpath)
             if r.get("skipped"):
                 continue
             if "error" in r:
-                print(f"{cell:<24}{lib:<13} ERROR {r['error']}: {' | '.join(r.get('stderr_tail', [])[-3:])}")
+                print(f"{cell:<30}{lib:<19} ERROR {r['error']}: {' | '.join(r.get('stderr_tail', [])[-3:])}")
                 failures += 1
                 continue
             paths[lib] = path
@@ -370,49 +97,10 @@ def check_exactness(cells, libs, peers_python, threads, timeout, python=None, de
             worst = max(worst, rel) if lib != "torch_loop" else worst
             bad = rel > 1e-10
             failures += bad
-            print(f"{cell:<24}{lib:<13} relative error of the meta-gradient vs the plain loop (float64): {rel:.1e}"
+            print(f"{cell:<30}{lib:<19} relative error of the meta-gradient vs the plain loop (float64): {rel:.1e}"
                   f"{'  <-- DIFFERS' if bad else ''}")
     print(f"worst relative error {worst:.1e}; {failures} failure(s)")
     return 1 if failures else 0
-
-
-def aggregate(runs: dict, cells: list[str], libs: list[str], mem_key: str) -> dict[str, dict[str, dict]]:
-    """Per (cell, library): the median over the repeats that produced a timing, or the first failure."""
-    results: dict[str, dict[str, dict]] = {}
-    for cell in cells:
-        results[cell] = {}
-        for lib in libs:
-            done = [r for r in runs[cell][lib] if "tasks_per_s" in r]
-            if not done:
-                results[cell][lib] = runs[cell][lib][0] if runs[cell][lib] else {"skipped": "not run yet"}
-                continue
-            row = dict(done[0])
-            row["tasks_per_s"] = statistics.median(r["tasks_per_s"] for r in done)
-            row["tasks_per_cpu_s"] = statistics.median(r["tasks_per_cpu_s"] for r in done)
-            row["median_s"] = row["meta_batch"] / row["tasks_per_s"]
-            row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in done)
-            if any(r.get("gpu_peak_mib") is not None for r in done):
-                row["gpu_peak_mib"] = max(r.get("gpu_peak_mib") or 0.0 for r in done)
-            walls = [w for r in done for w in r["wall_s"]]
-            row["tasks_per_s_spread"] = (max(walls) - min(walls)) / statistics.median(walls)
-            row["foreign_cpu_cores"] = max(r["foreign_cpu_cores"] for r in done)
-            row["minor_faults_per_step"] = statistics.median(r["minor_faults_per_step"] for r in done)
-            keys = ("tasks_per_s", "wall_s", "cpu_s", "peak_rss_mib", "load_start", "load_end", "foreign_cpu_cores")
-            if mem_key != "peak_rss_mib":
-                keys += (mem_key, "gpu_peak_warmup_mib")
-            row["repeats"] = [{k: r.get(k) for k in keys} for r in done]
-            results[cell][lib] = row
-        summarize_cell(results[cell], mem_key)
-    return results
-
-
-def write_json(path: str, out: dict) -> None:
-    """Write ``out`` to ``path`` (absolute or relative to the current directory) through a temporary file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(out, handle, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -510,7 +198,7 @@ def main(argv=None) -> int:
               "are rough (see the 'other' column)", file=sys.stderr)
     started = time.time()
     t_start = time.perf_counter()
-    planned = [(cell, lib) for cell in cells for lib in libs if common.CELLS[cell].algo in LIB_SUPPORTS[lib]]
+    planned = [(cell, lib) for cell in cells for lib in libs if has_cell(lib, cell)]
     workers = len(planned) * args.repeats + (0 if args.no_roofs else 1)
     print(f"device={args.device}: {workers} worker processes ({len(planned)} variants x {args.repeats} repeat(s)"
           f"{'' if args.no_roofs else ' + roofs'}); start-up alone ~{workers * STARTUP_S[args.device]:.0f} s at "
@@ -540,7 +228,7 @@ def main(argv=None) -> int:
             if not os.path.exists(python):
                 roofs = {"error": f"not installed: {python}"}
             else:
-                roofs = run_worker(python, os.path.join(PEERS_DIR, "roofs.py"),
+                roofs = run_worker(python, "bench.peers.roofs",
                                    ["--threads", str(args.threads), "--repeats", "5" if args.quick else "10"] + device_args,
                                    args.threads, min(600.0, worker_timeout()), 1e9, extra_env, keep_pythonpath)
             print(f"roofs: float32 GEMM {_fmt(roofs.get('gemm_float32_gflops'), '.0f')} GFLOP/s, bfloat16 GEMM "
@@ -579,10 +267,10 @@ def main(argv=None) -> int:
             for cell in cells:
                 shift = repeat % len(libs)
                 for lib in libs[shift:] + libs[:shift]:
-                    algo = common.CELLS[cell].algo
-                    if algo not in LIB_SUPPORTS[lib]:
+                    if not has_cell(lib, cell):
                         if repeat == 0:
-                            runs[cell][lib].append({"lib": lib, "cell": cell, "skipped": f"{LIB_NAMES[lib]} has no {algo}"})
+                            runs[cell][lib].append({"lib": lib, "cell": cell,
+                                                    "skipped": f"{LIB_NAMES[lib]} has no {cell}"})
                         continue
                     interpreter = python_for(lib, peers_python, python)
                     if not os.path.exists(interpreter):
@@ -605,7 +293,7 @@ def main(argv=None) -> int:
                         wargs.append("--flops")
                     if repeat == 0 and args.profile:
                         wargs += ["--profile", os.path.join(profile_dir, f"{cell}.{lib}.txt")]
-                    r = run_worker(interpreter, os.path.join(PEERS_DIR, "run.py"), wargs, args.threads, worker_timeout(),
+                    r = run_worker(interpreter, "bench.peers.run", wargs, args.threads, worker_timeout(),
                                    args.max_rss_gib * 1024, extra_env, keep_pythonpath)
                     runs[cell][lib].append(r)
                     if "tasks_per_s" in r:
@@ -616,7 +304,7 @@ def main(argv=None) -> int:
                     else:
                         status = (r.get("skipped") or f"ERROR {r.get('error')}: "
                                   f"{' | '.join(r.get('stderr_tail', [])[-3:])}")
-                    print(f"[{repeat + 1}/{args.repeats}] {cell:<24}{lib:<13}{status}  (other CPU "
+                    print(f"[{repeat + 1}/{args.repeats}] {cell:<30}{lib:<19}{status}  (other CPU "
                           f"{r['foreign_cpu_cores']:.2f} cores, load {os.getloadavg()[0]:.2f}, {r['elapsed_s']:.0f} s, "
                           f"{time.perf_counter() - t_start:.0f} s in)", flush=True)
                     try:
@@ -648,3 +336,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

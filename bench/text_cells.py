@@ -1,7 +1,7 @@
 """Few-shot intent detection: train and evaluate ``kind: text`` configs over several seeds; mean ± 95% CI per cell.
 
-    .venv/bin/python bench/text_cells.py configs/text/banking77-5shot.yaml --seeds 0 1 2
-    .venv/bin/python bench/text_cells.py configs/text/*-5shot.yaml --seeds 0 --set finetune.epochs=0 \\
+    .venv/bin/python -m bench.text_cells configs/text/banking77-5shot.yaml --seeds 0 1 2
+    .venv/bin/python -m bench.text_cells configs/text/*-5shot.yaml --seeds 0 --set finetune.epochs=0 \\
         --set meta_train.steps=0 --label "frozen MiniLM + logistic regression"
 
 Each (config, seed) trains into ``--out/<config name>-<label slug>-s<seed>`` (``kind.train`` then ``kind.evaluate``:
@@ -18,11 +18,9 @@ import json
 import math
 import os
 import re
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
 import torch  # noqa: E402
 import yaml  # noqa: E402

@@ -1,8 +1,8 @@
 """Text speed on this machine: sentences per second through the sentence encoder (frozen encoding, and forward +
 backward as in fine-tuning / meta-training), and the cost of one ProtoNet meta-training episode.
 
-    .venv/bin/python bench/text_speed.py                      # BANKING77 test texts, 2 threads
-    .venv/bin/python bench/text_speed.py --texts 256 --threads 1 --quick
+    .venv/bin/python -m bench.text_speed                      # BANKING77 test texts, 2 threads
+    .venv/bin/python -m bench.text_speed --texts 256 --threads 1 --quick
 
 Rows (median of --repeats):
 
@@ -21,11 +21,9 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
 import torch  # noqa: E402
 

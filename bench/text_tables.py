@@ -1,6 +1,6 @@
 """Markdown tables from bench/text_cells.py's JSON rows: the published cells, the episode protocols, out of scope.
 
-    .venv/bin/python bench/text_tables.py bench/out/text_cells.json [more.json ...]
+    .venv/bin/python -m bench.text_tables bench/out/text_cells.json [more.json ...]
 
 Rows with ``cells`` (episodes protocol) go to an episode table (one column per N-way K-shot cell); rows with ``oos``
 to the out-of-scope table; the rest to the published-cell table, beside the best published number and the frozen

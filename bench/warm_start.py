@@ -1,7 +1,7 @@
 """Leave-one-data-set-out evaluation of the warm-start recommenders on the knowledge base.
 
-    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python bench/warm_start.py
-    .venv/bin/python bench/warm_start.py --kb DIR --budgets 1,3,5,10 --out docs/automl
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python -m bench.warm_start
+    .venv/bin/python -m bench.warm_start --kb DIR --budgets 1,3,5,10 --out docs/automl
 
 For every PMLB data set in the knowledge base (``bench/knowledge_base.py``), each recommender is fit
 on the other data sets and its ranked list for the held-out one is scored by the best balanced
@@ -24,9 +24,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-from quickstudy._atomic import atomic_write_text  # noqa: E402
+from quickstudy.files import atomic_write_text  # noqa: E402
 from quickstudy.automl.evaluate import (format_head_to_head, format_table, leave_one_out, plot_head_to_head,  # noqa: E402
                                         plot_results)
 from quickstudy.automl.knowledge import load_knowledge_base  # noqa: E402
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     out = Path(args.out)
     payload = {
-        "command": "nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python bench/warm_start.py " + " ".join(argv or sys.argv[1:]),
+        "command": "nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python -m bench.warm_start " + " ".join(argv or sys.argv[1:]),
         "n_datasets": len(kb.datasets), "n_configurations": len(kb.configurations), "seconds": round(seconds, 1),
         "summary": result.summary,
         "per_dataset": {d: {"oracle": float(result.oracle[i]), "worst": float(result.worst[i]),

@@ -7,25 +7,22 @@ JSON, and that a missing peers venv is reported rather than fatal.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "bench")
-PEERS = os.path.join(BENCH, "peers")
-for path in (BENCH, PEERS):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from bench import libraries, speed, speed_table
+from bench.peers import common
 
-common = pytest.importorskip("common")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = os.path.join(ROOT, "bench", "peers")
 
 
 def _meta_grad(worker_name: str, cell_name: str, meta_batch: int = 2):
-    worker = __import__(f"{worker_name}_worker")
+    worker = importlib.import_module(f"bench.peers.{worker_name}_worker")
     cell = common.CELLS[cell_name].with_meta_batch(meta_batch)
     batch = common.make_batch(cell, seed=0, dtype=torch.float64)
     step, params = worker.build(cell, batch, torch.float64)
@@ -33,11 +30,14 @@ def _meta_grad(worker_name: str, cell_name: str, meta_batch: int = 2):
     return [p.grad.detach().clone() for p in params]
 
 
+@pytest.mark.parametrize("lib", ["quickstudy", "qs_user", "qs_user_loss", "qs_loss"])
 @pytest.mark.parametrize("cell, meta_batch", [("maml-1shot-1step-2nd", 2), ("maml-1shot-1step-1st", 1),
                                               ("protonet-1shot", 1)])
-def test_quickstudy_worker_matches_plain_loop(cell, meta_batch):
+def test_quickstudy_workers_match_plain_loop(lib, cell, meta_batch):
+    """Every quickstudy row (built-in or the user's model, meta_backward or meta_loss().backward()) does the plain
+    loop's maths."""
     torch.set_num_threads(1)
-    ours, ref = _meta_grad("quickstudy", cell, meta_batch), _meta_grad("torch_loop", cell, meta_batch)
+    ours, ref = _meta_grad(lib, cell, meta_batch), _meta_grad("torch_loop", cell, meta_batch)
     num = sum(float(((a - b) ** 2).sum()) for a, b in zip(ours, ref)) ** 0.5
     den = sum(float((b ** 2).sum()) for b in ref) ** 0.5
     assert num / den < 1e-10, f"{cell}: the quickstudy worker's meta-gradient differs from the loop's: {num / den:.2e}"
@@ -56,8 +56,6 @@ def test_cells_and_data():
 
 
 def test_speed_driver_end_to_end(tmp_path):
-    import speed
-
     out = tmp_path / "speed.json"
     code = speed.main(["--quick", "--no-roofs", "--threads", "1", "--meta-batch", "1", "--cells",
                        "maml-1shot-1step-1st", "--libs", "quickstudy,learn2learn",
@@ -71,7 +69,7 @@ def test_speed_driver_end_to_end(tmp_path):
 
 
 def test_leak_script_runs(capsys):
-    import leak
+    from bench import leak
 
     code = leak.main(["--steps", "4", "--every", "2", "--meta-batch", "1", "--cell", "maml-1shot-1step-1st",
                       "--tolerance-mib", "256"])
@@ -80,14 +78,14 @@ def test_leak_script_runs(capsys):
 
 
 def test_fused_ab_script_runs(capsys):
-    import fused_ab
+    from bench import fused_ab
 
     fused_ab.main(["--meta-batch", "1", "--reps", "1", "--threads", "1", "--first-order"])
     assert "on / off" in capsys.readouterr().out
 
 
 def test_fused_ab_switches_the_lean_pool(capsys):
-    import fused_ab
+    from bench import fused_ab
 
     fused_ab.main(["--meta-batch", "1", "--reps", "1", "--threads", "1", "--switch", "lean-pool"])
     assert "lean-pool: on" in capsys.readouterr().out
@@ -95,14 +93,12 @@ def test_fused_ab_switches_the_lean_pool(capsys):
 
 def test_gpu_table_prints_the_recorded_h100_run(capsys):
     """The GPU table reads the JSON the H100 run wrote (docs/bench/speed_h100.json): ratios and GPU memory."""
-    import speed
-
     with open(os.path.join(ROOT, "docs", "bench", "speed_h100.json")) as f:
         recorded = json.load(f)
-    speed.print_table_cuda(recorded["results"], recorded["roofs"], recorded["threads"], recorded["machine"])
+    speed_table.print_table_cuda(recorded["results"], recorded["roofs"], recorded["threads"], recorded["machine"])
     table = capsys.readouterr().out
     assert "NVIDIA H100" in table and "float32 exact: True" in table
-    row = next(line for line in table.splitlines() if line.startswith("maml-1shot-1step-2nd    quickstudy "))
+    row = next(line for line in table.splitlines() if line.split()[:2] == ["maml-1shot-1step-2nd", "quickstudy"])
     assert row.split()[2] == "455.3" and row.split()[5] == "5.58" and row.split()[-1] == "vmap"
     assert "(not run: --budget-s 345 s used up)" in table
 
@@ -112,8 +108,6 @@ def test_driver_tables_agree_with_the_workers():
     workers' own constants from their source (the peers are not importable here) and compare."""
     import ast
 
-    import speed
-
     def constants(lib):
         with open(os.path.join(PEERS, f"{lib}_worker.py")) as f:
             tree = ast.parse(f.read())
@@ -121,28 +115,27 @@ def test_driver_tables_agree_with_the_workers():
         for node in tree.body:
             if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
                 name = node.targets[0].id
-                if name in ("SUPPORTS", "LIBRARY"):
+                if name in ("SUPPORTS", "LIBRARY", "MODELS"):
                     if isinstance(node.value, ast.Attribute):  # e.g. quickstudy_worker.SUPPORTS
                         found[name] = constants(node.value.value.id.removesuffix("_worker"))[name]
                     else:
                         found[name] = ast.literal_eval(node.value)
         return found
 
-    for lib in speed.ALL_LIBS:
+    for lib in libraries.ALL_LIBS:
         worker = constants(lib)
-        assert worker["SUPPORTS"] == speed.LIB_SUPPORTS[lib], lib
-        assert worker["LIBRARY"] == speed.LIB_NAMES[lib], lib
+        assert worker["SUPPORTS"] == libraries.LIB_SUPPORTS[lib], lib
+        assert worker["LIBRARY"] == libraries.LIB_NAMES[lib], lib
+        assert tuple(worker.get("MODELS", ("conv4",))) == libraries.LIB_MODELS[lib], lib
 
 
 def test_rows_without_their_own_flop_count_use_the_plain_loops():
     """The threads strategy hides its FLOPs from FlopCounterMode (one thread's view): the table then uses the
     plain loop's count (same maths) for its achieved FLOP/s, marked, rather than leaving it blank."""
-    import speed
-
     rows = {"torch_loop": {"tasks_per_s": 10.0, "flops": 2e11, "peak_rss_mib": 500.0},
             "quickstudy": {"tasks_per_s": 20.0, "flops": None, "peak_rss_mib": 450.0},
             "learn2learn": {"tasks_per_s": 8.0, "flops": 2e11, "peak_rss_mib": 510.0}}
-    speed.summarize_cell(rows)
+    speed_table.summarize_cell(rows)
     assert rows["quickstudy"]["useful_flops"] == 2e11 and "threads" in rows["quickstudy"]["flops_note"]
     assert rows["learn2learn"]["useful_flops"] == 2e11 and "flops_note" not in rows["learn2learn"]
     assert rows["quickstudy"]["ratio_to_fastest_peer"] == 2.5

@@ -175,12 +175,7 @@ def test_direct_mujoco_stepping_matches_gymnasium(name):
 
 
 def test_rl_speed_bench_runs(tmp_path):
-    import sys
-
-    bench = str(Path(__file__).parent.parent / "bench")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    import rl_speed
+    from bench import rl_speed
 
     out = tmp_path / "rl_speed.json"
     assert rl_speed.main(["--tasks", "2", "--episodes", "2", "--horizon", "5", "--repeats", "1", "--iterations", "1",

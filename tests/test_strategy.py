@@ -211,9 +211,8 @@ def test_protonet_auto_runs_meta_backward_on_worker_threads(monkeypatch):
     if (__import__("os").cpu_count() or 1) < 2:
         pytest.skip("one core: 'auto' runs the loop")
     calls = []
-    real = execution.Execution._threaded_backward
-    monkeypatch.setattr(execution.Execution, "_threaded_backward",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = execution.Execution._threaded
+    monkeypatch.setattr(execution.Execution, "_threaded", lambda *a, **k: calls.append(1) or real(*a, **k))
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

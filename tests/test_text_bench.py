@@ -2,17 +2,12 @@
 
 import json
 import math
-import os
-import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-sys.path.insert(0, BENCH)
-
 
 def test_seed_interval_is_student_t():
-    from text_cells import seed_ci
+    from bench.text_cells import seed_ci
 
     # values 0.80, 0.82, 0.84: sd = 0.02, t(0.975, 2) = 4.303 -> 4.303 * 0.02 / sqrt(3)
     assert seed_ci([0.80, 0.82, 0.84]) == pytest.approx(4.303 * 0.02 / math.sqrt(3))
@@ -20,7 +15,7 @@ def test_seed_interval_is_student_t():
 
 
 def test_tables_split_rows_by_protocol(tmp_path, capsys):
-    from text_tables import main
+    from bench.text_tables import main
 
     def row(name, label, mean, **run):
         return {"name": name, "label": label, "mean": mean, "ci95": 0.01, "seeds": [0], "ci_over": "x",

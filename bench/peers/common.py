@@ -1,8 +1,10 @@
-"""What every benchmark worker shares: the cells, the synthetic Omniglot-shaped data, the reference
-Conv4 with ``nn.BatchNorm2d``, the timing loop, FLOP counting and peak memory.
+"""What every benchmark worker shares: the cells, the synthetic Omniglot-shaped data, the user's model every
+library runs, the timing loop, FLOP counting and peak memory.
 
-Self-contained on purpose (torch + stdlib only): the peer workers run in ``.peers/venv``, where
-quickstudy is not installed. Only ``quickstudy_worker.py`` imports quickstudy.
+The user's model is the one a user writes with standard torch layers: ``quickstudy.models.conv4_sequential``
+(an ``nn.Sequential`` of ``Conv2d``, ``BatchNorm2d``, ``ReLU``, ``MaxPool2d``; quickstudy is installed in the
+peers' venv without its dependencies, so every worker builds the same module) or :func:`user_resnet12`.
+Nothing else of quickstudy is used here: the peers' rows measure the peers.
 
 The same work for every library
 -------------------------------
@@ -10,11 +12,12 @@ The same work for every library
   ``[B, N*K, 1, 28, 28]`` and query images ``[B, N*Q, 1, 28, 28]`` uniform in [0, 1), labels
   ``0..N-1`` each repeated K (Q) times. Every timed meta-step uses that batch.
 * Model: Conv4 = 4 x [3x3 conv 64 (padding 1), batch norm, ReLU, 2x2 max-pool] -> 64 features ->
-  linear head (N outputs; no head for ProtoNet). The peers use ``nn.BatchNorm2d(64,
+  linear head (N outputs; no head for ProtoNet): ``conv4_sequential``, with ``nn.BatchNorm2d(64,
   track_running_stats=False)``: batch statistics in training and evaluation alike, which is the same
   maths as quickstudy's default ``TaskBatchNorm2d(policy="transductive")`` (eps 1e-5, biased variance)
-  and no running-statistics update for anyone. Every worker starts from the same weights:
-  :func:`reference_state` (seeded init), copied in parameter order into each library's model.
+  and no running-statistics update for anyone. The ``resnet12-*`` cells run :func:`user_resnet12` instead.
+  Every worker starts from the same weights: :func:`reference_state` (seeded init of the user's model),
+  copied in parameter order into each library's model.
 * One meta-step = ``zero_grad`` + the library's meta-gradient for the B tasks (per-task backward of
   ``loss_i / B`` unless stated) + ``Adam(lr=1e-3).step()``. tasks/s = B / median meta-step time.
 * Device: the batch is drawn on the CPU and moved to ``--device`` (cpu or cuda); every worker puts its
@@ -27,7 +30,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -37,6 +39,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from quickstudy.models import conv4_sequential
+
+from bench.peers.machine import (FLOAT32_MODE, gpu_info, gpu_memory_mib, machine_info, nvidia_smi,  # noqa: F401
+                                 precision_flags, setup_device, synchronizer)
 
 # ----------------------------------------------------------------------------- cells
 
@@ -55,6 +62,7 @@ class Cell:
     meta_batch: int = 32
     inner_lr: float = 0.4  # MAML: SGD step size; Reptile: inner Adam lr
     outer_lr: float = 1e-3
+    model: str = "conv4"  # the user's model: "conv4" (conv4_sequential) or "resnet12" (user_resnet12)
 
     def replace(self, **changes) -> "Cell":
         return Cell(**{**asdict(self), **changes})
@@ -79,6 +87,12 @@ for _shots in (1, 5):
     # Reptile: 5 inner Adam steps (lr 1e-3, betas (0, 0.999)) on the support set, as quickstudy's default
     CELLS[f"reptile-{_shots}shot-5step"] = Cell(f"reptile-{_shots}shot-5step", "reptile", _shots, 5, True,
                                                 inner_lr=1e-3)
+
+# A user's ResNet-12 (widths RESNET12_CHANNELS): MAML 1-shot, 1 inner step, on a smaller meta-batch (a task
+# costs ~25 Conv4 tasks)
+for _fo in (False, True):
+    _c = _maml(1, 1, _fo)
+    CELLS["resnet12-" + _c.name] = _c.replace(name="resnet12-" + _c.name, model="resnet12", meta_batch=4)
 
 #: the rows of the issue's table, then ProtoNet and Reptile (1-shot): the default of bench/speed.py
 TABLE_CELLS = ["maml-1shot-1step-2nd", "maml-1shot-1step-1st", "maml-1shot-5step-2nd", "maml-5shot-1step-2nd",
@@ -123,46 +137,84 @@ def make_batch(cell: Cell, seed: int = 0, dtype: torch.dtype = torch.float32, de
 # ----------------------------------------------------------------------------- model
 
 
-class Conv4BN(nn.Module):
-    """The peers' Conv4: 4 x [conv3x3(64, pad 1), BatchNorm2d(track_running_stats=False), ReLU, max-pool 2]."""
+#: widths of the user's ResNet-12 in the resnet12-* cells (MetaOptNet's are 64, 160, 320, 640; narrower here so
+#: that a CPU meta-step takes seconds)
+RESNET12_CHANNELS = (64, 128, 256, 512)
 
-    def __init__(self, ways: int | None = 5, hidden: int = 64, in_channels: int = 1) -> None:
+
+class UserResNetBlock(nn.Module):
+    """A ResNet-12 block as a user writes it: three 3x3 convs with batch norm, LeakyReLU(0.1) after the first two,
+    a 1x1 conv + batch norm shortcut, the sum, LeakyReLU, 2x2 max-pool (parameters in the order of
+    ``quickstudy.models.ResNet12``'s block, so the same weights load into both)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for _ in range(4):
-            layers += [nn.Conv2d(channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden, track_running_stats=False),
-                       nn.ReLU(), nn.MaxPool2d(2)]
-            channels = hidden
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(hidden, ways) if ways is not None else None
+        norm = lambda: nn.BatchNorm2d(cout, track_running_stats=False)  # noqa: E731 - batch statistics
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm()
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm()
+        self.conv3, self.bn3 = nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm()
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), norm())
+        self.act = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2)
 
     def forward(self, x):
-        x = self.features(x).flatten(1)
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.pool(self.act(out + self.shortcut(x)))
+
+
+class UserResNet12(nn.Module):
+    def __init__(self, ways: int | None, channels=RESNET12_CHANNELS, in_channels: int = 1) -> None:
+        super().__init__()
+        blocks, cin = [], in_channels
+        for cout in channels:
+            blocks.append(UserResNetBlock(cin, cout))
+            cin = cout
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, ways) if ways is not None else None
+
+    def forward(self, x):
+        x = self.features(x).mean(dim=(2, 3))
         return self.head(x) if self.head is not None else x
 
 
-def reference_state(ways: int | None, seed: int = 0) -> list[torch.Tensor]:
+def user_model(model: str, ways: int | None) -> nn.Module:
+    """The model every library runs for a cell's ``model``: ``conv4_sequential`` or :class:`UserResNet12`."""
+    if model == "conv4":
+        return conv4_sequential(in_channels=1, ways=ways)
+    if model == "resnet12":
+        return UserResNet12(ways)
+    raise ValueError(f"unknown model {model!r}")
+
+
+def reference_state(ways: int | None, seed: int = 0, model: str = "conv4") -> list[torch.Tensor]:
     """The initial weights every worker starts from, in parameter order (conv w, b, bn w, b, ... head w, b)."""
     torch.manual_seed(seed)
-    return [p.detach().clone() for p in Conv4BN(ways).parameters()]
+    return [p.detach().clone() for p in user_model(model, ways).parameters()]
 
 
-def load_reference(module: nn.Module, ways: int | None, seed: int = 0) -> nn.Module:
+def load_reference(module: nn.Module, ways: int | None, seed: int = 0, model: str = "conv4") -> nn.Module:
     """Copy :func:`reference_state` into ``module``'s parameters (same order and shapes, checked)."""
     params = list(module.parameters())
-    ref = reference_state(ways, seed)
+    ref = reference_state(ways, seed, model)
     if len(params) != len(ref) or any(p.shape != r.shape for p, r in zip(params, ref)):
         raise RuntimeError(f"{type(module).__name__}: parameters {[tuple(p.shape) for p in params]} do not match "
-                           f"the reference Conv4 {[tuple(r.shape) for r in ref]}")
+                           f"the reference {model} {[tuple(r.shape) for r in ref]}")
     with torch.no_grad():
         for p, r in zip(params, ref):
             p.copy_(r)
     return module
 
 
+def reference_model(cell: "Cell", ways: int | None) -> nn.Module:
+    """The user's model of ``cell`` with the reference weights (what the peers and the user rows run)."""
+    return load_reference(user_model(cell.model, ways), ways, model=cell.model)
+
+
 def conv4_functional(params: list[torch.Tensor], x: torch.Tensor, bn=None) -> torch.Tensor:
-    """Conv4 written with ``torch.nn.functional`` on a flat parameter list (reference order).
+    """``conv4_sequential`` written with ``torch.nn.functional`` on its flat parameter list (the same parameters,
+    in its order), for the workers that need a function of a list of tensors (the plain loop, vmap).
 
     ``bn`` defaults to the native ``F.batch_norm`` in training mode without running statistics.
     """
@@ -177,7 +229,7 @@ def conv4_functional(params: list[torch.Tensor], x: torch.Tensor, bn=None) -> to
 
 
 def primitive_batch_norm(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Batch norm from primitive ops (mean, biased variance): exact under vmap (DESIGN.md, Pitfalls)."""
+    """Batch norm from primitive ops (mean, biased variance): exact under vmap (pytorch/functorch#534)."""
     mean = h.mean(dim=(0, 2, 3), keepdim=True)
     centred = h - mean
     var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
@@ -288,135 +340,6 @@ def profile_step(step, path: str, rows: int = 30, sync=None) -> dict:
     return {"profile_wall_s": wall, "ops_self_cpu_s": self_total_us / 1e6, "op_share": self_total_us / 1e6 / wall,
             "ops_total": sum(e.count for e in averages),
             "top": [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in top]}
-
-
-# ----------------------------------------------------------------------------- devices
-
-#: how float32 runs on CUDA in every worker (bench/speed.py --device cuda): the exact mode, no TF32
-FLOAT32_MODE = ("exact float32: TF32 off for cuBLAS and cuDNN (torch.backends.cuda.matmul.allow_tf32 = False, "
-                "torch.backends.cudnn.allow_tf32 = False)")
-
-
-def precision_flags() -> dict:
-    """The float32 precision switches of torch as they are now (each read on its own: some do not exist in
-    every torch version, and reading a legacy flag after a mix of legacy and new API calls can raise)."""
-    readers = {
-        "cuda.matmul.allow_tf32": lambda: torch.backends.cuda.matmul.allow_tf32,
-        "cudnn.allow_tf32": lambda: torch.backends.cudnn.allow_tf32,
-        "cuda.matmul.fp32_precision": lambda: torch.backends.cuda.matmul.fp32_precision,
-        "cudnn.conv.fp32_precision": lambda: torch.backends.cudnn.conv.fp32_precision,
-        "float32_matmul_precision": torch.get_float32_matmul_precision,
-        "cudnn.benchmark": lambda: torch.backends.cudnn.benchmark,
-        "cudnn.deterministic": lambda: torch.backends.cudnn.deterministic,
-    }
-    flags = {}
-    for name, read in readers.items():
-        try:
-            value = read()
-            flags[name] = value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
-        except Exception as error:  # noqa: BLE001 - recorded, never fatal
-            flags[name] = f"unreadable: {type(error).__name__}: {error}"
-    return flags
-
-
-def setup_device(device: str) -> dict:
-    """Prepare this process for ``device``; returns what to record in the JSON ({} on the CPU: nothing changes).
-
-    CUDA: refuses to go on without a GPU, and turns TF32 off for cuBLAS matmuls and cuDNN convolutions
-    (``FLOAT32_MODE``; cuDNN's TF32 is on by default), so every float32 number is the exact float32 one on
-    every library. Only the legacy ``allow_tf32`` switches are set (mixing them with the newer
-    ``fp32_precision`` API raises in some torch versions); both are read back into the result (a switch that
-    does not read back False is a ``tf32_warning``, not an error: roofs.py checks float32 numerically).
-    """
-    if device != "cuda":
-        return {}
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"--device cuda but torch.cuda.is_available() is False (torch {torch.__version__}, "
-                           f"built for CUDA {torch.version.cuda})")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    flags = precision_flags()
-    info = {"float32_mode": FLOAT32_MODE, "precision_flags": flags}
-    if flags.get("cuda.matmul.allow_tf32") is not False or flags.get("cudnn.allow_tf32") is not False:
-        # recorded, not fatal: the roofs measure whether float32 is exact (float32_check)
-        info["tf32_warning"] = "the TF32 switches did not read back as False"
-        print(f"WARNING: TF32 switches read back as {flags}", file=sys.stderr)
-    return info
-
-
-def synchronizer(device: str):
-    """``torch.cuda.synchronize`` on CUDA (the timers must wait for the queued kernels), else ``None``."""
-    return torch.cuda.synchronize if device == "cuda" else None
-
-
-def gpu_memory_mib() -> dict:
-    """The CUDA caching allocator's counters of this process, MiB (allocated = live tensors)."""
-    return {"allocated": torch.cuda.memory_allocated() / 2**20, "max_allocated": torch.cuda.max_memory_allocated() / 2**20,
-            "reserved": torch.cuda.memory_reserved() / 2**20, "max_reserved": torch.cuda.max_memory_reserved() / 2**20}
-
-
-def nvidia_smi() -> dict:
-    """GPU name, driver, memory and clocks from ``nvidia-smi`` (does not initialize CUDA; {} without it)."""
-    import subprocess
-
-    fields = ("name", "driver_version", "memory.total", "clocks.max.sm", "power.limit", "pci.bus_id")
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if out.returncode != 0:
-        return {}
-    gpus = [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.stdout.strip().splitlines()]
-    return {"nvidia_smi": gpus}
-
-
-def gpu_info(init_cuda: bool = True) -> dict:
-    """torch's CUDA/cuDNN versions, and (``init_cuda``) the GPU's name and properties as torch sees them."""
-    info = {"torch_cuda": torch.version.cuda}
-    try:
-        info["cudnn"] = torch.backends.cudnn.version() if init_cuda else None
-    except Exception:  # noqa: BLE001
-        info["cudnn"] = None
-    if init_cuda and torch.cuda.is_available():
-        try:
-            props = torch.cuda.get_device_properties(torch.cuda.current_device())
-            info.update(gpu_name=props.name, gpu_capability=f"{props.major}.{props.minor}",
-                        gpu_memory_mib=props.total_memory / 2**20,
-                        gpu_multiprocessors=getattr(props, "multi_processor_count", None),
-                        gpu_count=torch.cuda.device_count())
-        except Exception as error:  # noqa: BLE001
-            info["gpu_error"] = f"{type(error).__name__}: {error}"
-    info.update(nvidia_smi())
-    if "gpu_name" not in info and info.get("nvidia_smi"):
-        info["gpu_name"] = info["nvidia_smi"][0].get("name")
-    return info
-
-
-def machine_info(device: str = "cpu", init_cuda: bool = True) -> dict:
-    """CPU, interpreter and torch of this machine; with ``device="cuda"`` also the GPU (:func:`gpu_info`)."""
-    model = flags = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags") and not flags:
-                    flags = line.split(":", 1)[1]
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")
-    info = {"cpu_model": model or platform.processor(), "cpus": os.cpu_count(),
-            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "cpu_flags": [f for f in wanted if f in flags.split()],
-            "python": platform.python_version(), "torch": torch.__version__,
-            "mkldnn": torch.backends.mkldnn.is_available(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    if device != "cpu":
-        info["device"] = device
-    if device == "cuda":
-        info.update(gpu_info(init_cuda))
-    return info
 
 
 def emit(result: dict) -> None:

@@ -18,10 +18,11 @@ import higher
 import torch
 import torch.nn.functional as F
 
-from common import Conv4BN, load_reference
+from bench.peers.common import reference_model
 
 LIBRARY = "higher"
 SUPPORTS = {"maml"}
+MODELS = ("conv4", "resnet12")  # the user's model of the cell (common.reference_model)
 NOTES = "higher.innerloop_ctx per task (copy_initial_weights=False); FO via grad_callback=detach"
 
 
@@ -41,7 +42,7 @@ def _detach(grads):
 def build(cell, batch, dtype):
     sx, sy, qx, qy = batch
     b = cell.meta_batch
-    model = load_reference(Conv4BN(cell.ways), cell.ways).to(sx.device, dtype)
+    model = reference_model(cell, cell.ways).to(sx.device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
     inner_opt = torch.optim.SGD(model.parameters(), lr=cell.inner_lr)
     callback = _detach if cell.first_order else None

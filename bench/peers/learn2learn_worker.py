@@ -6,7 +6,7 @@ place first (see bench/peers/setup.sh). ``learn2learn.algorithms.MAML`` itself n
 
 MAML::
 
-    maml = l2l.algorithms.MAML(Conv4BN(), lr=inner_lr, first_order=first_order)
+    maml = l2l.algorithms.MAML(conv4_sequential(), lr=inner_lr, first_order=first_order)
     per task: learner = maml.clone(); steps x learner.adapt(CE(learner(sx), sy))
               (CE(learner(qx), qy) / B).backward()
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-import _stubs
+from bench.peers import _stubs
 
 STUBBED = _stubs.install_learn2learn_stubs()
 try:
@@ -33,12 +33,13 @@ except Exception as _error:  # noqa: BLE001 - e.g. an installed torchvision/scip
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import Conv4BN, load_reference  # noqa: E402
+from bench.peers.common import reference_model  # noqa: E402
 
 STUBBED = STUBBED + _stubs.stubbed_extensions()
 
 LIBRARY = "learn2learn"
 SUPPORTS = {"maml", "protonet"}
+MODELS = ("conv4", "resnet12")  # the user's model of the cell (common.reference_model)
 NOTES = f"l2l.algorithms.MAML clone/adapt; stubbed imports: {', '.join(STUBBED) or 'none'}"
 
 
@@ -50,7 +51,7 @@ def build(cell, batch, dtype):
     sx, sy, qx, qy = batch
     b = cell.meta_batch
     if cell.algo == "maml":
-        model = load_reference(Conv4BN(cell.ways), cell.ways).to(sx.device, dtype)
+        model = reference_model(cell, cell.ways).to(sx.device, dtype)
         maml = l2l.algorithms.MAML(model, lr=cell.inner_lr, first_order=cell.first_order)
         opt = torch.optim.Adam(maml.parameters(), lr=cell.outer_lr)
 
@@ -67,7 +68,7 @@ def build(cell, batch, dtype):
 
         return step, list(model.parameters())
 
-    model = load_reference(Conv4BN(None), None).to(sx.device, dtype)
+    model = reference_model(cell, None).to(sx.device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
 
     def step():

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
-import quickstudy_worker
+from bench.peers import quickstudy_worker
 
 LIBRARY = "quickstudy (bfloat16)"
 SUPPORTS = quickstudy_worker.SUPPORTS
+MODELS = quickstudy_worker.MODELS
 NOTES = "quickstudy defaults under torch.autocast(device, bfloat16) (Trainer precision='bfloat16')"
 DETAILS = quickstudy_worker.DETAILS
 version = quickstudy_worker.version

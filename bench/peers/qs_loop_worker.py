@@ -7,10 +7,11 @@ is the threaded loop, and this row is the single-threaded task loop. Everything 
 
 from __future__ import annotations
 
-import quickstudy_worker
+from bench.peers import quickstudy_worker
 
 LIBRARY = "quickstudy (loop)"
 SUPPORTS = {"maml", "protonet"}
+MODELS = quickstudy_worker.MODELS
 NOTES = "quickstudy defaults with strategy='loop' (per-task backward) instead of 'auto'"
 DETAILS = quickstudy_worker.DETAILS
 version = quickstudy_worker.version

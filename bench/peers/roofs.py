@@ -18,12 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
 
 
 def _timed(fn, repeats, sync=None, warmup=1, max_seconds=None):
@@ -73,7 +69,7 @@ def main(argv=None) -> None:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    import common
+    from bench.peers import common
 
     common.set_threads(args.threads)
     cuda = args.device == "cuda"
@@ -100,7 +96,7 @@ def main(argv=None) -> None:
         out["float32_check"] = _float32_check(torch, F, args.device)
 
     torch.manual_seed(0)
-    model = common.Conv4BN(5)
+    model = common.user_model("conv4", 5)
     x = torch.rand(80, 1, 28, 28)
     y = torch.arange(5).repeat_interleave(16)
     if args.device != "cpu":

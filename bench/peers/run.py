@@ -3,8 +3,10 @@
 bench/speed.py starts one of these per variant, in the project venv for quickstudy (and the plain-torch
 workers) and in .peers/venv for the peers::
 
-    python bench/peers/run.py --lib torch_loop --cell maml-1shot-1step-2nd --threads 1 --warmup 2 --steps 5
-    .peers/venv/bin/python bench/peers/run.py --lib learn2learn --cell maml-1shot-1step-2nd --threads 1
+    python -m bench.peers.run --lib torch_loop --cell maml-1shot-1step-2nd --threads 1 --warmup 2 --steps 5
+    .peers/venv/bin/python -m bench.peers.run --lib learn2learn --cell maml-1shot-1step-2nd --threads 1
+
+(from the repository root: ``-m`` puts it on ``sys.path``; quickstudy is installed in both venvs)
 
 ``--lib`` names a module ``<lib>_worker.py`` beside this file whose ``build(cell, batch, dtype)`` returns
 ``(step, params)``: ``step()`` is one full meta-step (zero_grad, meta-gradient, Adam step) and ``params``
@@ -27,11 +29,8 @@ import sys
 import time
 from dataclasses import asdict
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-
-LIBS = ("quickstudy", "qs_loop", "qs_bf16", "torch_loop", "learn2learn", "higher", "torchopt", "vmap")
+LIBS = ("quickstudy", "qs_loop", "qs_bf16", "qs_loss", "qs_user", "qs_user_loss", "torch_loop", "learn2learn",
+        "higher", "torchopt", "parallel_metalearn", "vmap")
 
 
 def main(argv=None) -> None:
@@ -56,7 +55,7 @@ def main(argv=None) -> None:
     load_start = os.getloadavg()
     import torch
 
-    import common
+    from bench.peers import common
 
     common.set_threads(args.threads)
     cell = common.CELLS[args.cell]
@@ -65,9 +64,10 @@ def main(argv=None) -> None:
     if args.inner_steps is not None:
         cell = cell.replace(steps=args.inner_steps)
     dtype = torch.float64 if args.float64 else torch.float32
-    worker = importlib.import_module(f"{args.lib}_worker")
-    if cell.algo not in worker.SUPPORTS:
-        common.emit({"lib": args.lib, "cell": args.cell, "skipped": f"{worker.LIBRARY} has no {cell.algo}"})
+    worker = importlib.import_module(f"bench.peers.{args.lib}_worker")
+    if cell.algo not in worker.SUPPORTS or cell.model not in getattr(worker, "MODELS", ("conv4",)):
+        what = cell.algo if cell.algo not in worker.SUPPORTS else f"{cell.model} model"
+        common.emit({"lib": args.lib, "cell": args.cell, "skipped": f"{worker.LIBRARY} has no {what}"})
         return
     cuda = args.device == "cuda"
     device_info = common.setup_device(args.device)  # cuda: TF32 off; raises without a GPU

@@ -193,14 +193,14 @@ fi
 
 # 3. check, the way the workers import them
 log "checking the imports (PYTHONPATH=$TARGET)"
-PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$ROOT/bench/peers" <<'EOF' || fail "import check"
+cd "$ROOT"  # `python -` puts the current directory on sys.path: the `bench` package (quickstudy: PYTHONPATH=src)
+PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'EOF' || fail "import check"
 import sys
-sys.path.insert(0, sys.argv[1])
 failed = []
 for name in ("higher", "torchopt", "learn2learn"):
     try:
         if name == "learn2learn":
-            import learn2learn_worker as w  # _stubs first, then learn2learn (retried with everything stubbed)
+            from bench.peers import learn2learn_worker as w  # _stubs first, then learn2learn (retried with everything stubbed)
             print(f"[peers/offline] learn2learn {w.version()} from {sys.modules['learn2learn'].__file__}; {w.NOTES}")
         else:
             module = __import__(name)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common import conv4_functional, proto_logits, reference_state
+from bench.peers.common import conv4_functional, proto_logits, reference_state
 
 LIBRARY = "plain torch loop"
 SUPPORTS = {"maml", "protonet", "reptile"}

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 import torchopt
 from torch.func import functional_call
 
-from common import Conv4BN, load_reference
+from bench.peers.common import reference_model
 
 LIBRARY = "TorchOpt"
 SUPPORTS = {"maml"}
+MODELS = ("conv4", "resnet12")  # the user's model of the cell (common.reference_model)
 NOTES = "2nd order: MetaSGD + extract/recover_state_dict; 1st order: functional sgd + apply_updates"
 
 
@@ -36,7 +37,7 @@ def version() -> str:
 def build(cell, batch, dtype):
     sx, sy, qx, qy = batch
     b = cell.meta_batch
-    model = load_reference(Conv4BN(cell.ways), cell.ways).to(sx.device, dtype)
+    model = reference_model(cell, cell.ways).to(sx.device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
 
     if not cell.first_order:

@@ -2,7 +2,7 @@
 
 Batch norm is written from primitive ops (:func:`common.primitive_batch_norm`): the native
 ``F.batch_norm`` under vmap over a ``torch.func.grad`` inner loop gives silently wrong second-order
-gradients in torch 2.13 (DESIGN.md, Pitfalls). One task::
+gradients in torch 2.13 (pytorch/functorch#534; see quickstudy.models.batchnorm). One task::
 
     def task_loss(theta, sx, sy, qx, qy):
         fast = theta
@@ -11,7 +11,7 @@ gradients in torch 2.13 (DESIGN.md, Pitfalls). One task::
 
     loss = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(theta, *batch).mean(); loss.backward()
 
-Every task's graph is alive at once (the memory cost DESIGN.md measured). No ProtoNet or Reptile.
+Every task's graph is alive at once. No ProtoNet or Reptile.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common import conv4_functional, primitive_batch_norm, reference_state
+from bench.peers.common import conv4_functional, primitive_batch_norm, reference_state
 
 LIBRARY = "torch.func vmap"
 SUPPORTS = {"maml"}

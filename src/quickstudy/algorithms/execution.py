@@ -21,13 +21,16 @@ inside ``torch.func`` (``run.use_func``) and whether the graph will be backpropa
     (``functional_call`` swaps a module's tensors: not thread-safe on one module). Each worker sums
     ``d (loss_i / B) / d meta`` over its tasks in order; the main thread adds the W sums in worker order:
     deterministic for a given W, equal to the loop up to summation order. Refused while the model writes
-    running statistics or draws random numbers in training mode. Only ``meta_backward`` runs threaded;
-    ``meta_loss`` and ``predict`` run as the loop.
+    running statistics or draws random numbers in training mode. ``predict`` runs as the loop.
 ``"auto"``
     ``"vmap"`` on CUDA and for convolution-free models on CPU (their per-task work is a few tiny matrix
     products, so the loop is all Python overhead); ``"threads"`` for convolutional models on a CPU with at
     least 2 intra-op threads; ``"loop"`` otherwise. The choice depends on the device, the model and the thread
     count, never on timings (the measurements behind it are in docs/bench).
+
+``meta_loss`` with gradients enabled (any strategy but an explicit ``"loop"`` and vmap) computes the meta-gradient
+at once, as ``meta_backward`` does, and returns a mean whose backward only scales it: the README's
+``meta_loss(batch)[0].backward()`` is as fast as ``meta_backward`` and gives the same gradient, bit for bit.
 
 vmap is refused (``"auto"`` falls back) while the model is in training mode and contains a native
 ``nn.BatchNorm*`` layer (torch 2.13 returns silently wrong second-order gradients there) or a
@@ -133,16 +136,42 @@ def _leaves(meta: Any, extra: list[Tensor]) -> list[Tensor]:
     return leaves
 
 
+def _sum_parts(leaves: list[Tensor], parts: list[list[Tensor | None]]) -> list[Tensor | None]:
+    """Per leaf, the sum of its parts in the order given (deterministic); ``None`` where no part has one."""
+    totals: list[Tensor | None] = []
+    with torch.no_grad():
+        for k in range(len(leaves)):
+            terms = [p[k] for p in parts if p[k] is not None]
+            total = terms[0] if terms else None
+            for term in terms[1:]:
+                total = total + term
+            totals.append(total)
+    return totals
+
+
+class _MeanWithGradient(torch.autograd.Function):
+    """The mean query loss whose meta-gradient is already known (``meta_loss``): its backward scales it."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, gradients: list[Tensor | None], *leaves: Tensor) -> Tensor:
+        ctx.gradients = gradients
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("meta_loss computed its meta-gradient task by task (as meta_backward does), so it "
+                               "cannot be differentiated twice; build the meta-learner with strategy='loop' to keep "
+                               "every task's graph for a create_graph backward")
+        return (None, None, *[None if g is None else g * grad for g in ctx.gradients])
+
+
 def _accumulate(leaves: list[Tensor], parts: list[list[Tensor | None]]) -> None:
     """``leaf.grad += sum of its parts`` (summed in the order given: deterministic)."""
     with torch.no_grad():
-        for k, leaf in enumerate(leaves):
-            terms = [p[k] for p in parts if p[k] is not None]
-            if not terms:
+        for leaf, total in zip(leaves, _sum_parts(leaves, parts)):
+            if total is None:
                 continue
-            total = terms[0]
-            for term in terms[1:]:
-                total = total + term
             if leaf.grad is None:
                 leaf.grad = total.contiguous() if leaf.is_contiguous() else total
             else:
@@ -216,12 +245,27 @@ class Execution:
         return learners[:count]
 
     # ------------------------------------------------------------------ running
-    def meta_loss(self, task_fn: TaskFn, meta: Any, batch: TaskBatch, strategy: str) -> tuple[Tensor, Tensor, Tensor]:
-        """``(mean query loss, per-task losses [B] detached, query outputs [B, ...] detached)``; the mean keeps its
-        graph to ``meta``. Every task's graph is alive until the caller's backward."""
-        if self.resolve(strategy, threads_ok=False) == "vmap":
+    def meta_loss(self, task_fn: TaskFn, meta: Any, batch: TaskBatch, strategy: str,
+                  extra_leaves: list[Tensor] = ()) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean query loss, per-task losses [B] detached, query outputs [B, ...] detached)``; the mean is
+        differentiable with respect to ``meta``.
+
+        With gradients enabled and any strategy but ``"loop"`` and ``"vmap"``, the meta-gradient is computed here,
+        task by task as :meth:`meta_backward` does (threads, each task's graph freed after its backward, the
+        query pass backpropagated once), and the mean's backward only scales it by its incoming gradient: so
+        ``meta_loss(batch)[0].backward()`` costs what ``meta_backward(batch)`` does and gives the same gradient.
+        That mean cannot be differentiated twice (an error says so): ``strategy="loop"`` keeps every task's
+        graph alive until the caller's backward instead."""
+        signature = self._signature()
+        chosen = self.resolve(strategy, threads_ok=True, signature=signature)
+        if chosen == "vmap":
             losses, outputs = self._vmapped(task_fn, meta, batch, with_loss=True)
             return losses.mean(), losses.detach(), outputs.detach()
+        leaves = _leaves(meta, list(extra_leaves))
+        inputs_need_grad = any(t.requires_grad for t in (batch.support_x, batch.query_x))
+        if strategy != "loop" and torch.is_grad_enabled() and leaves and not inputs_need_grad:
+            totals, losses, outputs = self._gradients(task_fn, meta, batch, chosen, signature, leaves)
+            return _MeanWithGradient.apply(losses.mean(), totals, *leaves), losses, outputs
         run = Run(self.learner)
         losses, outputs = [], []
         for i in range(batch.batch_size):
@@ -230,6 +274,27 @@ class Execution:
             outputs.append(out.detach())
         stacked = torch.stack(losses)
         return stacked.mean(), stacked.detach(), torch.stack(outputs)
+
+    def _gradients(self, task_fn: TaskFn, meta: Any, batch: TaskBatch, chosen: str, signature: tuple,
+                   leaves: list[Tensor]) -> tuple[list[Tensor | None], Tensor, Tensor]:
+        """``(d mean_i(loss_i) / d leaf for each leaf, per-task losses, outputs)``, summed in the order
+        :meth:`meta_backward` accumulates them (the same numbers)."""
+        workers = thread_workers(batch.batch_size) if chosen == "threads" else 1
+        if workers > 1:
+            parts, losses, outputs = self._threaded(task_fn, meta, batch, self.thread_learners(workers, signature),
+                                                    leaves)
+            return _sum_parts(leaves, parts), losses, outputs
+        run = Run(self.learner, backward_once=True)
+        scale = 1.0 / batch.batch_size
+        total: list[Tensor | None] = [None] * len(leaves)
+        losses, outputs = [], []
+        for i in range(batch.batch_size):
+            loss, out = task_fn(meta, batch.task(i), run)
+            grads = torch.autograd.grad(loss * scale, leaves, allow_unused=True)
+            total = [t if g is None else (g if t is None else t + g) for t, g in zip(total, grads)]
+            losses.append(loss.detach())
+            outputs.append(out.detach())
+        return total, torch.stack(losses), torch.stack(outputs)
 
     def meta_backward(self, task_fn: TaskFn, meta: Any, batch: TaskBatch, strategy: str,
                       extra_leaves: list[Tensor] = ()) -> tuple[Tensor, Tensor]:
@@ -243,8 +308,11 @@ class Execution:
             return losses.detach(), outputs.detach()
         workers = thread_workers(batch.batch_size) if chosen == "threads" else 1
         if workers > 1:
-            learners = self.thread_learners(workers, signature)
-            return self._threaded_backward(task_fn, meta, batch, learners, list(extra_leaves))
+            leaves = _leaves(meta, list(extra_leaves))
+            parts, losses, outputs = self._threaded(task_fn, meta, batch, self.thread_learners(workers, signature),
+                                                    leaves)
+            _accumulate(leaves, parts)  # worker order: deterministic
+            return losses, outputs
         run = Run(self.learner, backward_once=True)
         scale = 1.0 / batch.batch_size
         losses, outputs = [], []
@@ -274,11 +342,12 @@ class Execution:
         mapped = torch.func.vmap(one, in_dims=(None, 0, 0, 0, 0), randomness="different")
         return mapped(meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
 
-    def _threaded_backward(self, task_fn: TaskFn, meta: Any, batch: TaskBatch, learners: list[Learner],
-                           extra_leaves: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def _threaded(self, task_fn: TaskFn, meta: Any, batch: TaskBatch, learners: list[Learner],
+                  leaves: list[Tensor]) -> tuple[list[list[Tensor | None]], Tensor, Tensor]:
+        """Each worker's sum of ``d (loss_i / B) / d leaf`` over its tasks (in worker order), the losses, the
+        outputs."""
         count, workers = batch.batch_size, len(learners)
         scale = 1.0 / count
-        leaves = _leaves(meta, extra_leaves)
         grad_mode, autocast = torch.is_grad_enabled(), autocast_state()  # thread-local in torch: re-entered
         chunks = [range(w * count // workers, (w + 1) * count // workers) for w in range(workers)]
 
@@ -305,6 +374,5 @@ class Execution:
             results = [f.result() for f in [_pool(workers).submit(work, w) for w in range(workers)]]
         finally:
             torch.set_num_threads(previous)
-        _accumulate(leaves, [r[0] for r in results])  # worker order: deterministic
-        return (torch.stack([loss for r in results for loss in r[1]]),
+        return ([r[0] for r in results], torch.stack([loss for r in results for loss in r[1]]),
                 torch.stack([out for r in results for out in r[2]]))

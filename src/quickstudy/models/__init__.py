@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .accelerate import Accelerated, AccelerationReport, accelerate, acceleration_report
 from .batchnorm import BN_POLICIES, TaskBatchNorm, TaskBatchNorm2d, make_norm
 from .conv4 import Conv4, conv4_sequential
 from .learner import Learner
@@ -17,6 +18,10 @@ from .mlp import MLP
 from .resnet12 import ResNet12
 
 __all__ = [
+    "Accelerated",
+    "AccelerationReport",
+    "accelerate",
+    "acceleration_report",
     "BN_POLICIES",
     "Conv4",
     "conv4_sequential",
