@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .automl import cli as automl_cli
 
     automl_cli.add_commands(sub)
+    from .users import cli as users_cli
+
+    users_cli.add_commands(sub)
     return parser
 
 
