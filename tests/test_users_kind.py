@@ -2,6 +2,7 @@
 `users recommend` command with its clear errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,27 @@ def test_users_recommend_picks_one_user_of_many(run, tmp_path, capsys):
     mine.write_text("me,0000003,9\nyou,0000007,8\nyou,0000009,3\n")
     code, out, _ = recommend(capsys, run, mine, "--user", "you", "--json")
     assert code == 0 and json.loads(out)["user"] == "you"
+
+
+SHIPPED = sorted((Path(__file__).parent.parent / "configs" / "users").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_configs_validate_and_build_their_learner(path):
+    from quickstudy.algorithms import MetaLearner
+    from quickstudy.users.build import build_learner
+
+    config, resolved = kind.load_config(path)
+    assert resolved["kind"] == "users" and config.protocol and config.name == path.stem
+    assert config.train.time_limit is not None and config.train.time_limit <= 10  # the 10-minute training budget
+
+    class Shape:  # the encoder's shape for MovieTweetings, without reading the data
+        width = 1 + 25 + 3 + 4 + 25
+
+        @staticmethod
+        def model_shape():
+            return {"items": 100, "genres": 25, "profile": 29}
+
+    learner = build_learner(config, Shape(), 7.3)
+    assert isinstance(learner, MetaLearner) and learner.task_type == "regression"
+    assert learner.model(torch.zeros(3, Shape.width)).shape == (3, 1)
