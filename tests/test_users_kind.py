@@ -156,3 +156,20 @@ def test_shipped_configs_validate_and_build_their_learner(path):
     learner = build_learner(config, Shape(), 7.3)
     assert isinstance(learner, MetaLearner) and learner.task_type == "regression"
     assert learner.model(torch.zeros(3, Shape.width)).shape == (3, 1)
+
+
+def test_readme_users_example_runs(files, tmp_path, monkeypatch):
+    import re
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"## Recommendation for new users\n.*?```python\n(.*?)```", text, re.S).group(1)
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(toy_config(*files)))
+    (tmp_path / "my_ratings.csv").write_text("user,item,rating\nme,0000003,9\nme,0000007,2\n")
+    code = code.replace("configs/users/melu-movietweetings.yaml", str(config))
+    assert str(config) in code  # the example trains the shipped config; here the toy one
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"]["method"] == "melu" and len(namespace["top"]["recommendations"]) == 10
+    assert (tmp_path / "runs" / "users" / "melu" / "eval.json").is_file()
