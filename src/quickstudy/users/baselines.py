@@ -51,7 +51,7 @@ class TrainingRatings:
 def _item_bias(train: TrainingRatings, shrink: float) -> np.ndarray:
     count = np.bincount(train.item, minlength=train.items)
     total = np.bincount(train.item, weights=train.rating - train.mean, minlength=train.items)
-    return total / (count + shrink)
+    return np.divide(total, count + shrink, out=np.zeros(train.items), where=count + shrink > 0)
 
 
 def _user_bias(residual: np.ndarray, shrink: float) -> float:

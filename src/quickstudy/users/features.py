@@ -22,6 +22,11 @@ user profile    4 (+G)  from the task's SUPPORT set only (the same in every row 
 
 The user profile is the user's embedding input: MovieTweetings has no user features (MeLU used age,
 gender, occupation), so the few ratings a new user gives are the only thing to describe them by.
+
+Training tasks are made of training users, whose ratings are inside the statistics: an item's bias would
+hold the very rating the network is asked to predict. Their rows are therefore encoded with the task's own
+user taken out of every item statistic (``leave_user_out``: count - 1, total - r, and an item rated by no one
+else becomes "never rated"), which is what a new user's rows look like.
 """
 
 from __future__ import annotations
@@ -64,7 +69,9 @@ class ItemStatistics:
 
     def bias(self, shrink: float) -> np.ndarray:
         """``b_i = sum(r - mu) / (n_i + shrink)`` (0 for an item never rated in training)."""
-        return (self.total - self.count * self.global_mean) / (self.count + shrink)
+        denominator = self.count + shrink
+        return np.divide(self.total - self.count * self.global_mean, denominator,
+                         out=np.zeros(len(self.count)), where=denominator > 0)
 
 
 class RowEncoder:
@@ -97,14 +104,15 @@ class RowEncoder:
         self._years = torch.as_tensor(np.nan_to_num((catalogue.years.astype(np.float64) - 2000.0) / 20.0, nan=0.0),
                                       dtype=torch.float32)
         self._item_genres = torch.as_tensor(catalogue.genres, dtype=torch.float32)
-        self._item_bias = self._bias(self._count, self._total)
         self.profile_width = PROFILE_BASE + (self.genres if self.genre_profile else 0)
         self.item_width = 1 + self.genres + 3
         #: columns of an x row
         self.width = self.item_width + self.profile_width
 
     def _bias(self, count: Tensor, total: Tensor) -> Tensor:
-        return ((total - count * self.global_mean) / (count + self.shrink)).to(torch.float32)
+        denominator = count + self.shrink
+        bias = (total - count * self.global_mean) / denominator.clamp(min=1e-12)
+        return torch.where(denominator > 0, bias, torch.zeros_like(bias)).to(torch.float32)  # shrink 0, no rating
 
     @property
     def items(self) -> int:
