@@ -7,7 +7,8 @@ training minutes) and the goal check (best meta-learned model vs best non-meta b
     .venv/bin/python bench/users_results.py --quick                                    # smoke: 20 steps, 30 users
 
 Runs go to runs/users/<config name>; each is `quickstudy train CONFIG` then `quickstudy eval RUN` through the
-users task kind's functions. Output: docs/users_results.json and docs/users_results.md (the tables pasted into
+users task kind's functions. Training time is reported as wall-clock minutes (the Trainer's) and as this process's
+CPU minutes around training (one thread: on a shared machine the wall time also counts other processes' turns). Output: docs/users_results.json and docs/users_results.md (the tables pasted into
 docs/results.md and docs/users.md), with the machine, the commit and the exact commands.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import sys
 import time
 
@@ -38,13 +40,19 @@ def cell(summary: dict) -> str:
     return f"{summary['mean']:.3f} ± {summary['ci95']:.3f}"
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def train_and_evaluate(config_path: str, out: str, quick: bool, time_limit: float | None) -> dict:
+    """Train (this process's CPU seconds measured around it) and evaluate one config."""
     overrides = ["train.steps=20", "train.val_every=10", "eval.users=30"] if quick else []
-    started = time.perf_counter()
+    started, started_cpu, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
     run = kind.train_run(config_path, out=out, overrides=overrides, progress=False, time_limit=time_limit)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - started_cpu
     result = kind.evaluate(run, episodes=30 if quick else None, progress=False)
-    result["wall_seconds_train"] = wall
+    result.update(wall_seconds_train=wall, cpu_seconds_train=cpu, load_during_train=[load, os.getloadavg()[0]])
     return result
 
 
@@ -60,7 +68,8 @@ def goal(results: list[dict], shots: str = "5") -> dict | None:
     met = (diff["mae"]["relative"] <= -0.05 and diff["mae"]["mean"] + diff["mae"]["ci95"] < 0
            and diff["ndcg@3"]["mean"] - diff["ndcg@3"]["ci95"] > 0)
     return {"shots": int(shots), "meta": best_meta["method"], "baseline": baseline, "paired": diff,
-            "train_minutes": best_meta.get("train_seconds", float("nan")) / 60, "met": bool(met)}
+            "train_minutes": best_meta.get("train_seconds", float("nan")) / 60,
+            "train_cpu_minutes": best_meta.get("cpu_seconds_train", float("nan")) / 60, "met": bool(met)}
 
 
 def tables(by_split: dict[str, list[dict]], commands: dict[str, str]) -> list[str]:
@@ -74,7 +83,7 @@ def tables(by_split: dict[str, list[dict]], commands: dict[str, str]) -> list[st
                   f"{s['train']['ratings']:,} training ratings; support {first['support']}", ""]
         for shots in first["by_shots"]:
             lines += [f"K = {shots}:", "", "| method | " + " | ".join(NAMES[m] for m in METRICS)
-                      + " | training | steps | config |", "|---|" + "---|" * (len(METRICS) + 3)]
+                      + " | training: wall (CPU) | steps | config |", "|---|" + "---|" * (len(METRICS) + 3)]
             block = first["by_shots"][shots]
             for name, summary in block["methods"].items():
                 if name == first["method"]:
@@ -83,9 +92,10 @@ def tables(by_split: dict[str, list[dict]], commands: dict[str, str]) -> list[st
             for r in results:
                 summary = r["by_shots"][shots]["methods"][r["method"]]
                 minutes = r.get("train_seconds", float("nan")) / 60
+                cpu = r.get("cpu_seconds_train", float("nan")) / 60
                 steps = f"{r.get('trained_steps', '?')}/{r.get('configured_steps', '?')}"
                 lines.append(f"| **{r['method']}** | " + " | ".join(cell(summary[m]) for m in METRICS)
-                             + f" | {minutes:.1f} min | {steps} | `{r['config']}` |")
+                             + f" | {minutes:.1f} ({cpu:.1f}) min | {steps} | `{r['config']}` |")
             lines.append("")
         g = goal(results)
         if g is not None:
@@ -93,7 +103,7 @@ def tables(by_split: dict[str, list[dict]], commands: dict[str, str]) -> list[st
             lines += [f"Goal check (K = 5): best meta-learner **{g['meta']}** − best baseline **{g['baseline']}**, "
                       f"per-user paired differences: MAE {d['mae']['mean']:+.3f} ± {d['mae']['ci95']:.3f} "
                       f"({100 * d['mae']['relative']:+.1f}%), nDCG@3 {d['ndcg@3']['mean']:+.3f} ± "
-                      f"{d['ndcg@3']['ci95']:.3f}; trained {g['train_minutes']:.1f} min. Goal "
+                      f"{d['ndcg@3']['ci95']:.3f}; trained {g['train_minutes']:.1f} min wall, {g['train_cpu_minutes']:.1f} CPU-min. Goal "
                       f"(≤ −5% MAE and a higher nDCG@3, both CIs excluding 0): **{'met' if g['met'] else 'not met'}**.", ""]
     lines += ["Commands:", ""] + [f"- `{c}`" for c in commands.values()] + [""]
     return lines

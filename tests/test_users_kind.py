@@ -173,3 +173,26 @@ def test_readme_users_example_runs(files, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["result"]["method"] == "melu" and len(namespace["top"]["recommendations"]) == 10
     assert (tmp_path / "runs" / "users" / "melu" / "eval.json").is_file()
+
+
+def test_results_bench_goal_check_uses_paired_per_user_differences():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+    from users_results import goal
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.8, 1.4, size=200)
+
+    def result(meta_mae, meta_ndcg):
+        users = {"melu": {"mae": list(meta_mae), "rmse": list(meta_mae), "ndcg@3": list(meta_ndcg),
+                          "ndcg@5": list(meta_ndcg)},
+                 "knn": {"mae": list(base), "rmse": list(base), "ndcg@3": [0.6] * 200, "ndcg@5": [0.6] * 200}}
+        methods = {m: {k: {"mean": float(np.mean(v)), "ci95": 0.0} for k, v in users[m].items()} for m in users}
+        return {"method": "melu", "per_user": {"5": users},
+                "by_shots": {"5": {"methods": methods, "best_baseline": "knn"}}, "train_seconds": 60.0}
+
+    met = goal([result(base * 0.9 + rng.normal(0, 0.01, 200), 0.62 + rng.normal(0, 0.01, 200))])
+    assert met["met"] and met["paired"]["mae"]["relative"] == pytest.approx(-0.1, abs=0.01)
+    assert not goal([result(base * 0.97, 0.62 + rng.normal(0, 0.01, 200))])["met"]           # only 3% lower MAE
+    assert not goal([result(base * 0.9, 0.6 + rng.normal(0, 0.05, 200))])["met"]            # nDCG@3 not higher
