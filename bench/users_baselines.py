@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from quickstudy.experiment import machine_info  # noqa: E402
+from quickstudy.runs import machine_info  # noqa: E402
 from quickstudy.users import build, kind  # noqa: E402
 from quickstudy.users.baselines import ItemKNN, MatrixFactorization  # noqa: E402
 from quickstudy.users.evaluation import score_methods  # noqa: E402

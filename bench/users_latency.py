@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from quickstudy.experiment import machine_info  # noqa: E402
+from quickstudy.runs import machine_info  # noqa: E402
 from quickstudy.users import build, kind  # noqa: E402
 from quickstudy.users.recommend import Recommender  # noqa: E402
 

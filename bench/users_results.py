@@ -26,10 +26,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from quickstudy.experiment import choose_threads, machine_info  # noqa: E402
+from quickstudy.runs import choose_threads, machine_info, train_run  # noqa: E402
 from quickstudy.users import kind  # noqa: E402
 from quickstudy.users.metrics import METRICS, paired_difference  # noqa: E402
 
@@ -49,7 +48,7 @@ def train_and_evaluate(config_path: str, out: str, quick: bool, time_limit: floa
     """Train (this process's CPU seconds measured around it) and evaluate one config."""
     overrides = ["train.steps=20", "train.val_every=10", "eval.users=30"] if quick else []
     started, started_cpu, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
-    run = kind.train_run(config_path, out=out, overrides=overrides, progress=False, time_limit=time_limit)
+    run = train_run(config_path, out=out, overrides=overrides, progress=False, time_limit=time_limit)
     wall, cpu = time.perf_counter() - started, cpu_seconds() - started_cpu
     result = kind.evaluate(run, episodes=30 if quick else None, progress=False)
     result.update(wall_seconds_train=wall, cpu_seconds_train=cpu, load_during_train=[load, os.getloadavg()[0]])

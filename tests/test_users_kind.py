@@ -12,6 +12,7 @@ from _users_toy import toy_config, write_toy
 
 from quickstudy.cli import main
 from quickstudy.config import ConfigError
+from quickstudy.runs import train_run
 from quickstudy.training import load_checkpoint
 from quickstudy.users import kind
 
@@ -24,7 +25,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "melu"
-    kind.train_run(raw=toy_config(*files), out=out, progress=False)
+    train_run(None, raw=toy_config(*files), out=out, progress=False)
     return out
 
 
@@ -42,23 +43,20 @@ def test_config_errors_name_the_key(files):
 def test_train_writes_a_run_and_is_deterministic(run, files, tmp_path):
     for name in ("config.yaml", "metrics.csv", "last.pt", "best.pt", "items.npz", "split.json"):
         assert (run / name).is_file(), name
-    again = kind.train_run(raw=toy_config(*files), out=tmp_path / "again", progress=False)
+    again = train_run(None, raw=toy_config(*files), out=tmp_path / "again", progress=False)
     a, b = load_checkpoint(run / "last.pt")["model"], load_checkpoint(again / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    other = kind.train_run(raw=toy_config(*files, seed=1), out=tmp_path / "other", progress=False)
+    other = train_run(None, raw=toy_config(*files, seed=1), out=tmp_path / "other", progress=False)
     c = load_checkpoint(other / "last.pt")["model"]
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_resume_continues_exactly(files, tmp_path):
     config = toy_config(*files)
-    whole = kind.train_run(raw=config, out=tmp_path / "whole", progress=False)
+    whole = train_run(None, raw=config, out=tmp_path / "whole", progress=False)
     half = {**config, "train": {**config["train"], "steps": 3}}
-    part = kind.train_run(raw=half, out=tmp_path / "part", progress=False)
-    stored = yaml.safe_load((part / "config.yaml").read_text())
-    stored["train"]["steps"] = 6
-    (part / "config.yaml").write_text(yaml.safe_dump(stored))
-    kind.train_run(out=part, resume=True, progress=False)
+    part = train_run(None, raw=half, out=tmp_path / "part", progress=False)
+    train_run(None, out=part, resume=True, steps=6, progress=False)  # quickstudy resume RUN --steps 6
     a, b = load_checkpoint(whole / "last.pt")["model"], load_checkpoint(part / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -196,3 +194,23 @@ def test_results_bench_goal_check_uses_paired_per_user_differences():
     assert met["met"] and met["paired"]["mae"]["relative"] == pytest.approx(-0.1, abs=0.01)
     assert not goal([result(base * 0.97, 0.62 + rng.normal(0, 0.01, 200))])["met"]           # only 3% lower MAE
     assert not goal([result(base * 0.9, 0.6 + rng.normal(0, 0.05, 200))])["met"]            # nDCG@3 not higher
+
+
+def test_the_command_line_runs_the_users_kind(files, tmp_path, capsys):
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(toy_config(*files)))
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run), "--quiet", "--json", "--steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_dir"] == str(run)
+    assert main(["resume", str(run), "--steps", "5", "--quiet"]) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 5
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "K = 3 (4 users)" in text and "knn" in text
+    assert main(["eval", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "users"
+    assert main(["report", str(run)]) == 0
+    assert "report.md" in capsys.readouterr().out
+    assert main(["train", str(config), "--out", str(tmp_path / "bad"), "--quiet", "task.shotz=3"]) == 2
+    assert "unknown key 'task.shotz'" in capsys.readouterr().err

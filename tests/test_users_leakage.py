@@ -11,6 +11,7 @@ from _users_toy import DAY, START, toy_config, write_toy
 
 from quickstudy.data.ratings import read_items, read_ratings
 from quickstudy.training import load_checkpoint
+from quickstudy.runs import train_run
 from quickstudy.users import kind
 from quickstudy.users.baselines import ItemKNN, ItemMean, MatrixFactorization
 from quickstudy.users.dataset import UsersData
@@ -98,8 +99,8 @@ def test_trained_weights_do_not_depend_on_hidden_ratings(files, tmp_path, kind_)
         lines[ratings.line[row] - 1] = ",".join(fields)
     other = tmp_path / "changed.csv"
     other.write_text("\n".join(lines) + "\n")
-    runs = [kind.train_run(raw=config, out=tmp_path / "a", progress=False),
-            kind.train_run(raw={**config, "data": {**config["data"], "ratings": str(other)}}, out=tmp_path / "b",
+    runs = [train_run(None, raw=config, out=tmp_path / "a", progress=False),
+            train_run(None, raw={**config, "data": {**config["data"], "ratings": str(other)}}, out=tmp_path / "b",
                            progress=False)]
     weights = [load_checkpoint(run / "last.pt")["model"] for run in runs]
     assert weights[0].keys() == weights[1].keys()

@@ -97,10 +97,16 @@ def test_melu_adapts_only_its_decision_layers_under_anil(data):
     assert model(x.query_x[0]).shape == (x.query_x.shape[1], 1)
     assert torch.allclose(model.decision[-1].bias, torch.tensor([7.0]))
     melu = qs.ANIL(model, head="decision", inner_lr=0.1, inner_steps=2, loss="mse")
-    meta = melu.meta_parameters()
-    fast, _ = melu.inner_adapt(meta, x.support_x[0], x.support_y[0], 2, False, False)
-    assert set(fast) == {n for n in meta["params"] if n.startswith("decision.")}
-    assert any(not torch.equal(fast[n], meta["params"][n]) for n in fast)
+    assert set(melu.head_params) == {n for n, _ in model.named_parameters() if n.startswith("decision.")}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        plain = model(x.query_x[0])
+    assert torch.equal(melu.adapt(x.support_x[0], x.support_y[0], steps=0)(x.query_x[0]), plain)
+    assert not torch.allclose(melu.adapt(x.support_x[0], x.support_y[0])(x.query_x[0]), plain)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # adapting leaves theta alone
+    loss, _ = melu.meta_loss(x)  # the global update reaches the embeddings through the query loss
+    loss.backward()
+    assert model.user_embedding.weight.grad.abs().sum() > 0 and model.genre_embedding.weight.grad.abs().sum() > 0
 
 
 def test_melu_rejects_rows_of_the_wrong_width():

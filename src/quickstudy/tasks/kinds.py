@@ -63,6 +63,7 @@ def register_kind(name: str, module: str, description: str, extra: str | None = 
 register_kind("episodes", "quickstudy.experiment", "few-shot classification and regression episodes (images, "
               "sinusoids)")
 register_kind("rl", "quickstudy.rl.kind", "meta-reinforcement learning on task families of environments")
+register_kind("users", "quickstudy.users.kind", "recommendation for new users: each user's ratings a regression task")
 
 
 def get_kind(name: Any, source: str = "config") -> TaskKind:

@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write_text
-from ..experiment import _schedule, machine_info
-from ..training import Trainer, load_checkpoint
+from ..runs import machine_info, resolve_device
+from ..training import TimeLimit, Trainer, load_checkpoint
 from . import build
 from .config import NAME, UsersConfig, load_users_config
 from .evaluation import compare, score_methods
 from .metrics import METRICS
 
-__all__ = ["NAME", "load_config", "train", "evaluate", "format_eval", "report", "method_label", "load_learner",
-           "train_run"]
+__all__ = ["NAME", "STEPS_KEY", "load_config", "train", "evaluate", "format_eval", "report", "method_label",
+           "load_learner"]
 
+STEPS_KEY = "train.steps"
 load_config = load_users_config
 
 
@@ -38,18 +39,8 @@ def method_label(config: UsersConfig) -> str:
     return config.label or config.algorithm.name
 
 
-class _TimeLimit:
-    """Stop training (validated and checkpointed) once ``seconds`` of training have passed."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def on_step_end(self, trainer: Trainer, step: int, metrics: dict) -> None:
-        if trainer.elapsed >= self.seconds:
-            trainer.should_stop = True
-
-
-def train(config: UsersConfig, run_dir: Path, *, resume: bool, progress: bool, time_limit: float | None) -> None:
+def train(config: UsersConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
+          time_limit: float | None = None) -> None:
     """Meta-train on the training users with the shared Trainer (``time_limit`` in seconds of training;
     default ``train.time_limit`` minutes). Validation: MSE over the validation users at K = ``eval.shots[0]``."""
     run_dir = Path(run_dir)
@@ -66,27 +57,21 @@ def train(config: UsersConfig, run_dir: Path, *, resume: bool, progress: bool, t
     val_users = None if val is None else min(tr.val_episodes or len(val), len(val))
     trainer = Trainer(learner, build.train_tasks(config, data), val_tasks=val, steps=tr.steps, lr=tr.lr,
                       optimizer=tr.optimizer, optimizer_kwargs={"weight_decay": tr.weight_decay} if tr.weight_decay else None,
-                      schedule=_schedule(config), grad_clip=tr.grad_clip,
+                      schedule=tr.schedule, schedule_options=_schedule_options(config), grad_clip=tr.grad_clip,
                       val_every=tr.val_every, val_episodes=val_users or 1, out=run_dir, log_every=tr.log_every,
-                      checkpoint_every=tr.checkpoint_every, progress=progress, device=config.device, seed=config.seed,
+                      checkpoint_every=tr.checkpoint_every, progress=progress, device=resolve_device(config.device),
+                      seed=config.seed,
                       precision=tr.precision, cpu_caching_allocator=tr.cpu_caching_allocator)
     if time_limit is None and tr.time_limit is not None:
         time_limit = tr.time_limit * 60
     if time_limit is not None:
-        trainer.callbacks.append(_TimeLimit(time_limit))
+        trainer.callbacks.append(TimeLimit(time_limit))
     trainer.fit(resume=resume, overwrite=not resume)
 
 
-def train_run(config_path: str | Path | None = None, *, out: str | Path | None = None,
-              overrides: list[str] | None = None, raw: dict | None = None, resume: bool = False, progress: bool = True,
-              time_limit: float | None = None) -> Path:
-    """What ``quickstudy train CONFIG`` / ``resume RUN`` do for this kind, from Python: resolve the config (and
-    ``key=value`` overrides), write ``RUN/config.yaml`` (default ``runs/<name>``), train; returns the run folder."""
-    from ..experiment import open_run_dir
-
-    config, run_dir = open_run_dir(load_config, config_path, overrides, raw, out, resume, [])
-    train(config, run_dir, resume=resume, progress=progress, time_limit=time_limit)
-    return run_dir
+def _schedule_options(config: UsersConfig) -> dict:
+    tr = config.train
+    return {"step_size": tr.step_size, "gamma": tr.gamma} if tr.schedule == "step" else {}
 
 
 def load_learner(run_dir: Path, config: UsersConfig, encoder, global_mean: float, checkpoint: str = "best"):
@@ -111,13 +96,18 @@ def _check_same_items(run_dir: Path, data) -> None:
                              f"from {path}; evaluate with the data the run was trained on")
 
 
-def evaluate(run_dir: Path, *, episodes: int | None, checkpoint: str = "best", progress: bool = True) -> dict:
+def evaluate(run_dir: Path, *, episodes: int | None = None, checkpoint: str = "best", progress: bool = True,
+             overrides: list[str] | None = None) -> dict:
     """Score the run's meta-learner and the baselines on the test users at every ``eval.shots``; writes
-    ``eval.json``. ``episodes``: the number of test users (default ``eval.users``, else all)."""
+    ``eval.json``. ``episodes``: the number of test users (default ``eval.users``, else all); ``overrides``:
+    ``eval.*`` keys for this evaluation only (e.g. ``eval.inner_steps=3``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
-    config, _ = load_users_config(run_dir / "config.yaml")
+    bad = [o for o in overrides or [] if not o.strip().startswith("eval.")]
+    if bad:
+        raise ValueError(f"evaluate: only eval.* keys can be overridden at evaluation, got {bad}")
+    config, _ = load_users_config(run_dir / "config.yaml", overrides=list(overrides or []))
     data = build.load_data(config)
     _check_same_items(run_dir, data)
     label = method_label(config)
