@@ -20,11 +20,14 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write_text
+from ..algorithms import MetaLearner
 from ..runs import machine_info, resolve_device
 from ..training import TimeLimit, Trainer, load_checkpoint
 from . import build
 from .config import NAME, UsersConfig, load_users_config
+from .dataset import UsersData
 from .evaluation import compare, score_methods
+from .features import RowEncoder
 from .metrics import METRICS
 
 __all__ = ["NAME", "STEPS_KEY", "load_config", "train", "evaluate", "format_eval", "report", "method_label",
@@ -55,13 +58,13 @@ def train(config: UsersConfig, run_dir: Path, *, resume: bool = False, progress:
         return
     val = build.episodes(config, data, "val", config.eval.shots[0]) if len(data.split.val_users) else None
     val_users = None if val is None else min(tr.val_episodes or len(val), len(val))
-    trainer = Trainer(learner, build.train_tasks(config, data), val_tasks=val, steps=tr.steps, lr=tr.lr,
-                      optimizer=tr.optimizer, optimizer_kwargs={"weight_decay": tr.weight_decay} if tr.weight_decay else None,
-                      schedule=tr.schedule, schedule_options=_schedule_options(config), grad_clip=tr.grad_clip,
-                      val_every=tr.val_every, val_episodes=val_users or 1, out=run_dir, log_every=tr.log_every,
-                      checkpoint_every=tr.checkpoint_every, progress=progress, device=resolve_device(config.device),
-                      seed=config.seed,
-                      precision=tr.precision, cpu_caching_allocator=tr.cpu_caching_allocator)
+    trainer = Trainer(
+        learner, build.train_tasks(config, data), val_tasks=val, steps=tr.steps, lr=tr.lr, optimizer=tr.optimizer,
+        optimizer_kwargs={"weight_decay": tr.weight_decay} if tr.weight_decay else None, schedule=tr.schedule,
+        schedule_options=_schedule_options(config), grad_clip=tr.grad_clip, val_every=tr.val_every,
+        val_episodes=val_users or 1, out=run_dir, log_every=tr.log_every, checkpoint_every=tr.checkpoint_every,
+        progress=progress, device=resolve_device(config.device), seed=config.seed, precision=tr.precision,
+        cpu_caching_allocator=tr.cpu_caching_allocator)
     if time_limit is None and tr.time_limit is not None:
         time_limit = tr.time_limit * 60
     if time_limit is not None:
@@ -74,7 +77,8 @@ def _schedule_options(config: UsersConfig) -> dict:
     return {"step_size": tr.step_size, "gamma": tr.gamma} if tr.schedule == "step" else {}
 
 
-def load_learner(run_dir: Path, config: UsersConfig, encoder, global_mean: float, checkpoint: str = "best"):
+def load_learner(run_dir: Path, config: UsersConfig, encoder: RowEncoder, global_mean: float,
+                 checkpoint: str = "best") -> MetaLearner:
     """The run's meta-learner with the weights of ``checkpoint`` (``best``, falling back to ``last``)."""
     learner = build.build_learner(config, encoder, global_mean)
     path = Path(run_dir) / f"{checkpoint}.pt"
@@ -87,7 +91,7 @@ def load_learner(run_dir: Path, config: UsersConfig, encoder, global_mean: float
     return learner.eval()
 
 
-def _check_same_items(run_dir: Path, data) -> None:
+def _check_same_items(run_dir: Path, data: UsersData) -> None:
     path = run_dir / build.ITEMS_FILE
     if path.is_file():
         _, saved = build.load_items(path)

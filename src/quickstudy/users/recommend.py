@@ -22,7 +22,7 @@ from .config import load_users_config
 from .features import RowEncoder
 from .kind import load_learner
 
-__all__ = ["load_recommender", "Recommender", "recommend_for_ratings", "MIN_RATINGS"]
+__all__ = ["Recommender", "recommend_for_ratings", "MIN_RATINGS"]
 
 #: a new user needs this many ratings: with one, the profile's spread is undefined and one rating says
 #: nothing about how the user uses the scale
@@ -64,10 +64,6 @@ class Recommender:
                  "predicted_rating": round(float(predicted[i]), 3)} for rank, i in enumerate(order, start=1)]
 
 
-def load_recommender(run_dir: str | os.PathLike, checkpoint: str = "best") -> Recommender:
-    return Recommender(run_dir, checkpoint)
-
-
 def _one_user(ratings: Ratings, user: str | None) -> Ratings:
     users = list(dict.fromkeys(ratings.user.tolist()))  # file order
     if user is None:
@@ -85,7 +81,7 @@ def _one_user(ratings: Ratings, user: str | None) -> Ratings:
 def recommend_for_ratings(run_dir: str | os.PathLike, ratings_path: str | os.PathLike, *, top: int = 10,
                           user: str | None = None, checkpoint: str = "best") -> dict:
     """``{"user", "ratings", "recommendations": [...]}`` for the user whose ratings are in ``ratings_path``."""
-    recommender = load_recommender(run_dir, checkpoint)
+    recommender = Recommender(run_dir, checkpoint)
     ratings = _one_user(read_ratings(ratings_path, scale=recommender.scale), user)
     rows = check_known_items(ratings, recommender.catalogue)
     if len(ratings) < MIN_RATINGS:
