@@ -50,8 +50,11 @@ def train_and_evaluate(config_path: str, out: str, quick: bool, time_limit: floa
     started, started_cpu, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
     run = train_run(config_path, out=out, overrides=overrides, progress=False, time_limit=time_limit)
     wall, cpu = time.perf_counter() - started, cpu_seconds() - started_cpu
+    cost = {"wall_seconds_train": wall, "cpu_seconds_train": cpu, "load_during_train": [load, os.getloadavg()[0]]}
+    with open(os.path.join(run, "train_cost.json"), "w") as handle:  # read back by --skip-train
+        json.dump(cost, handle, indent=2)
     result = kind.evaluate(run, episodes=30 if quick else None, progress=False)
-    result.update(wall_seconds_train=wall, cpu_seconds_train=cpu, load_during_train=[load, os.getloadavg()[0]])
+    result.update(cost)
     return result
 
 
@@ -130,6 +133,10 @@ def main() -> int:
         if args.skip_train:
             with open(os.path.join(out, "eval.json")) as handle:
                 result = json.load(handle)
+            cost = os.path.join(out, "train_cost.json")
+            if os.path.isfile(cost):
+                with open(cost) as handle:
+                    result.update(json.load(handle))
         else:
             limit = args.time_limit * 60 if args.time_limit is not None else None
             result = train_and_evaluate(path, out, args.quick, limit)

@@ -78,6 +78,14 @@ def test_knn_similarity_matches_a_dense_computation():
     np.testing.assert_allclose(knn.predict(support, ratings, query), want, atol=1e-12)
 
 
+def test_knn_on_items_nobody_rated_in_training_falls_back_to_the_baseline():
+    train = TrainingRatings(np.array([0, 0, 1]), np.array([0, 1, 0]), np.array([8.0, 4.0, 6.0]), 2, 4)
+    knn = ItemKNN(item_shrink=0.0, user_shrink=0.0).fit(train)
+    predicted = knn.predict(np.array([0]), np.array([9.0]), np.array([2, 3]))  # items 2 and 3: never rated
+    # mu = 6, b_0 = mean(8, 6) - 6 = 1, b_u = 9 - 6 - b_0 = 2; unrated items: b_i = 0 and no neighbour
+    assert predicted.tolist() == [8.0, 8.0]
+
+
 def test_the_means():
     train = TrainingRatings(np.array([0, 0, 1]), np.array([0, 1, 0]), np.array([8.0, 4.0, 6.0]), 2, 3)
     assert GlobalMean().fit(train).predict([], [], np.array([0, 2])).tolist() == [6.0, 6.0]

@@ -206,8 +206,9 @@ class ItemKNN:
         sims = np.zeros((len(query_items), len(support_items)))
         for k, j in enumerate(np.asarray(support_items)):
             values, present = self._item_vector(int(j))
-            dots = np.bincount(segment, weights=residual * values[users], minlength=len(query_items))
-            common = np.bincount(segment, weights=present[users], minlength=len(query_items))
+            # float64 even when no query item was rated in training (numpy's bincount then returns int64)
+            dots = np.bincount(segment, weights=residual * values[users], minlength=len(query_items)).astype(float)
+            common = np.bincount(segment, weights=present[users], minlength=len(query_items)).astype(float)
             denominator = self.norm[query_items] * self.norm[j]
             cosine = np.divide(dots, denominator, out=np.zeros_like(dots), where=denominator > 0)
             sims[:, k] = cosine * common / (common + self.shrink) if self.shrink > 0 else cosine
