@@ -9,11 +9,11 @@ import quickstudy as qs
 from quickstudy.config import ConfigError, load_config
 from quickstudy.experiment import TaskSources, build_learner
 
-# configs/rl/ (meta-RL, kind: rl), configs/search/ (a search: section) and configs/text/ (kind: text) are validated
-# by their own tests:
-# tests/test_rl_training.py, tests/test_automl_space.py and tests/test_text_kind.py
+# configs/rl/ (meta-RL, kind: rl), configs/search/ (a search: section), configs/text/ (kind: text) and configs/users/
+# (kind: users) are validated by their own tests: tests/test_rl_training.py, tests/test_automl_space.py,
+# tests/test_text_kind.py and tests/test_users_kind.py
 CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml")
-                 if p.parent.name not in ("rl", "search", "text"))
+                 if p.parent.name not in ("rl", "search", "text", "users"))
 
 
 def test_configs_exist():

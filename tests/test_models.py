@@ -171,7 +171,7 @@ def test_learner_functional_apply_equals_module_with_those_weights():
 
 
 def test_registry_builds_from_plain_arguments():
-    assert set(MODELS) == {"conv4", "mlp", "resnet12"}
+    assert set(MODELS) == {"conv4", "mlp", "resnet12", "melu"}
     model = build_model("conv4", in_channels=1, ways=5, hidden=32, stride_variant=True)
     assert isinstance(model, Conv4) and model.hidden == 32
     with pytest.raises(ValueError, match="'conv5'"):

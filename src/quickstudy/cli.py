@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .text import cli as text_cli
 
     text_cli.add_commands(sub)
+
+    from .users import cli as users_cli
+
+    users_cli.add_commands(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ from .accelerate import Accelerated, AccelerationReport, accelerate, acceleratio
 from .batchnorm import BN_POLICIES, TaskBatchNorm, TaskBatchNorm2d, make_norm
 from .conv4 import Conv4, conv4_sequential
 from .learner import Learner
+from .melu import MeLU
 from .mlp import MLP
 from .resnet12 import ResNet12
 
@@ -27,6 +28,7 @@ __all__ = [
     "conv4_sequential",
     "Learner",
     "MLP",
+    "MeLU",
     "MODELS",
     "ResNet12",
     "TaskBatchNorm",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 #: name -> class, for configuration files: ``MODELS[name](**kwargs)``.
-MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP, "resnet12": ResNet12}
+MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP, "resnet12": ResNet12, "melu": MeLU}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

@@ -66,6 +66,7 @@ register_kind("episodes", "quickstudy.experiment", "few-shot classification and 
               "sinusoids)")
 register_kind("rl", "quickstudy.rl.kind", "meta-reinforcement learning on task families of environments")
 register_kind("text", "quickstudy.text.kind", "few-shot intent detection on text (sentence encoder)", extra="text")
+register_kind("users", "quickstudy.users.kind", "recommendation for new users: each user's ratings a regression task")
 
 
 def get_kind(name: Any, source: str = "config") -> TaskKind:
