@@ -18,9 +18,9 @@ tasks per second of its own CPU time, which other processes on the cores disturb
 indices of the whole meta-batch). Prints a table and writes JSON with the machine, the load
 average before and after, and every point::
 
-    .venv/bin/python bench/distributed.py                                  # P = 1, 2 (this machine: 2 cores)
-    .venv/bin/python bench/distributed.py --procs 1,2,4,8 --out docs/bench/distributed_16core.json
-    .venv/bin/python bench/distributed.py --device cuda --procs 1,2        # GPU processes (one GPU each)
+    .venv/bin/python -m bench.distributed                                  # P = 1, 2 (this machine: 2 cores)
+    .venv/bin/python -m bench.distributed --procs 1,2,4,8 --out docs/bench/distributed_16core.json
+    .venv/bin/python -m bench.distributed --device cuda --procs 1,2        # GPU processes (one GPU each)
 
 Run it on an idle machine: another process on one of the cores slows every point that uses it.
 """
@@ -31,17 +31,15 @@ import argparse
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 
 def free_port() -> int:

@@ -2,9 +2,9 @@
 the fine-tuning baselines, of adaptation and prediction at test time), same process, same synthetic Omniglot-shaped
 tasks (28x28, 5-way 1-shot, 5 queries per class), the default strategy ("auto").
 
-    .venv/bin/python bench/methods.py                      # every pair, 8 tasks per batch, 2 warm-up + 5 timed steps
-    .venv/bin/python bench/methods.py --pairs imaml-steps  # one group
-    .venv/bin/python bench/methods.py --quick              # smoke check: tiny network and images, 1 timed step
+    .venv/bin/python -m bench.methods                      # every pair, 8 tasks per batch, 2 warm-up + 5 timed steps
+    .venv/bin/python -m bench.methods --pairs imaml-steps  # one group
+    .venv/bin/python -m bench.methods --quick              # smoke check: tiny network and images, 1 timed step
 
 Groups (each row's "relative" is the first row of its group):
 
@@ -27,17 +27,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
 
-import torch  # noqa: E402
+import torch
 
-import quickstudy as qs  # noqa: E402
-from quickstudy.models import Conv4  # noqa: E402
+import quickstudy as qs
+from quickstudy.models import Conv4
 
 
 def batch(tasks: int, size: int = 28, ways: int = 5, shots: int = 1, queries: int = 5, classes: int = 64,

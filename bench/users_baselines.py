@@ -1,7 +1,7 @@
 """Choose the baselines' hyperparameters on the meta-VALIDATION users (never the test users).
 
-    .venv/bin/python bench/users_baselines.py                       # both splits, K=5, MovieTweetings
-    .venv/bin/python bench/users_baselines.py --quick               # a 2-point grid (smoke check)
+    .venv/bin/python -m bench.users_baselines                       # both splits, K=5, MovieTweetings
+    .venv/bin/python -m bench.users_baselines --quick               # a 2-point grid (smoke check)
 
 For each split of configs/users/melu-movietweetings.yaml (random) and melu-movietweetings-time.yaml (time): fits
 every grid point of `mf` and `knn` on the split's training ratings, scores it on the validation users at
@@ -16,16 +16,14 @@ import argparse
 import itertools
 import json
 import os
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from quickstudy.runs import machine_info  # noqa: E402
-from quickstudy.users import build, kind  # noqa: E402
-from quickstudy.users.baselines import ItemKNN, MatrixFactorization  # noqa: E402
-from quickstudy.users.evaluation import score_methods  # noqa: E402
+from quickstudy.runs import machine_info
+from quickstudy.users import build, kind
+from quickstudy.users.baselines import ItemKNN, MatrixFactorization
+from quickstudy.users.evaluation import score_methods
 
 GRID = {
     "mf": {"factors": [8, 16, 32], "reg": [2.0, 5.0, 10.0], "fold_in_reg": [5.0, 20.0, 50.0]},

@@ -1,8 +1,8 @@
 """Time to adapt to one new user and rank every movie they have not rated, on one CPU thread (goal: < 100 ms at K=10).
 
-    .venv/bin/python bench/users_latency.py                       # every configs/users/*-movietweetings.yaml, untrained
-    .venv/bin/python bench/users_latency.py --runs runs/users/*   # trained runs (same cost: it does not depend on weights)
-    .venv/bin/python bench/users_latency.py --quick               # smoke check: 3 users, 1 config
+    .venv/bin/python -m bench.users_latency                       # every configs/users/*-movietweetings.yaml, untrained
+    .venv/bin/python -m bench.users_latency --runs runs/users/*   # trained runs (same cost: it does not depend on weights)
+    .venv/bin/python -m bench.users_latency --quick               # smoke check: 3 users, 1 config
 
 For each method: the first K = --shots ratings of --users test users (MovieTweetings, random split) are the
 support set; one timed call does what `quickstudy users recommend` does after loading the run: build the x rows
@@ -19,19 +19,17 @@ import glob
 import json
 import os
 import statistics
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "src"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from quickstudy.runs import machine_info  # noqa: E402
-from quickstudy.users import build, kind  # noqa: E402
-from quickstudy.users.recommend import Recommender  # noqa: E402
+from quickstudy.runs import machine_info
+from quickstudy.users import build, kind
+from quickstudy.users.recommend import Recommender
 
 
 class _Untrained(Recommender):

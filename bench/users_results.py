@@ -2,9 +2,9 @@
 and write the results table (every method x K in {5, 10} x split; MAE / RMSE / nDCG@3 / nDCG@5 with 95% CIs;
 training minutes) and the goal check (best meta-learned model vs best non-meta baseline at K = 5, paired).
 
-    QUICKSTUDY_THREADS=1 nice -n 10 .venv/bin/python bench/users_results.py            # train + evaluate all
-    .venv/bin/python bench/users_results.py --skip-train                               # re-aggregate runs/users/
-    .venv/bin/python bench/users_results.py --quick                                    # smoke: 20 steps, 30 users
+    QUICKSTUDY_THREADS=1 nice -n 10 .venv/bin/python -m bench.users_results            # train + evaluate all
+    .venv/bin/python -m bench.users_results --skip-train                               # re-aggregate runs/users/
+    .venv/bin/python -m bench.users_results --quick                                    # smoke: 20 steps, 30 users
 
 Runs go to runs/users/<config name>; each is `quickstudy train CONFIG` then `quickstudy eval RUN` through the
 users task kind's functions. Training time is reported as wall-clock minutes (the Trainer's) and as this process's
@@ -19,18 +19,16 @@ import glob
 import json
 import os
 import resource
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "src"))
 
-import torch  # noqa: E402
+import torch
 
-from quickstudy.runs import choose_threads, machine_info, train_run  # noqa: E402
-from quickstudy.users import kind  # noqa: E402
-from quickstudy.users.metrics import METRICS, paired_difference  # noqa: E402
+from quickstudy.runs import choose_threads, machine_info, train_run
+from quickstudy.users import kind
+from quickstudy.users.metrics import METRICS, paired_difference
 
 NAMES = {"mae": "MAE", "rmse": "RMSE", "ndcg@3": "nDCG@3", "ndcg@5": "nDCG@5"}
 

@@ -139,6 +139,8 @@ ROWS = [
     ("intents", ["train", "{root}/one_message.csv", "--out", "{root}/i"], "label 'greet' (row 2) has 1 example"),
     ("intents", ["train", "{root}/clean.csv", "--out", "{root}/i", "--oos-threshold", "2"], "oos.threshold"),
     ("intents", ["predict", "{run}", "hello"], "not a text intent run"),
+    ("users", ["recommend", "{root}/nowhere", "--ratings", "{root}/clean.csv"], "not a run folder"),
+    ("users", ["recommend", "{run}", "--ratings", "{root}/clean.csv"], "is a run of kind 'episodes'"),
 ]
 
 

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 import _distributed_worker as runs
 from quickstudy import EpisodeSampler
-from quickstudy.training.distributed import DataParallel, data_parallel_for, shard_bounds
+from quickstudy.training.distributed import data_parallel_for, shard_bounds
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 TESTS = Path(__file__).resolve().parent
@@ -254,9 +254,9 @@ def test_the_distributed_bench_runs_and_writes_its_json(tmp_path):
     not checked, only that the script the lead reruns still works."""
     out = tmp_path / "distributed.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, str(SRC.parent / "bench" / "distributed.py"), "--procs", "1",
+    done = subprocess.run([sys.executable, "-m", "bench.distributed", "--procs", "1",
                            "--no-threads", "--meta-batch", "2", "--warmup", "1", "--steps", "1", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, cwd=SRC.parent, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     point = json.loads(out.read_text())["points"][0]
     assert point["mode"] == "processes" and point["P"] == 1 and point["tasks_per_s"] > 0

@@ -174,10 +174,7 @@ def test_readme_users_example_runs(files, tmp_path, monkeypatch):
 
 
 def test_results_bench_goal_check_uses_paired_per_user_differences():
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
-    from users_results import goal
+    from bench.users_results import goal
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.8, 1.4, size=200)

@@ -17,12 +17,13 @@ import torch
 
 from .._validation import check_int
 from ..data.ratings import Ratings, check_known_items, read_ratings
+from ..tasks.kinds import kind_of
 from .build import ITEMS_FILE, load_items
 from .config import load_users_config
 from .features import RowEncoder
 from .kind import load_learner
 
-__all__ = ["Recommender", "recommend_for_ratings", "MIN_RATINGS"]
+__all__ = ["MIN_RATINGS", "Recommender", "recommend_for_ratings"]
 
 #: a new user needs this many ratings: with one, the profile's spread is undefined and one rating says
 #: nothing about how the user uses the scale
@@ -36,6 +37,10 @@ class Recommender:
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: config.yaml is missing")
+        kind = kind_of(run_dir).name
+        if kind != "users":  # a clear refusal, not the users schema's complaints about another kind's keys
+            raise ValueError(f"{str(run_dir)!r} is a run of kind {kind!r}; recommending needs a run of kind 'users' "
+                             "(configs/users/)")
         self.config, _ = load_users_config(run_dir / "config.yaml")
         self.catalogue, stats = load_items(run_dir / ITEMS_FILE)
         f = self.config.features
