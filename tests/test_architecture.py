@@ -123,3 +123,22 @@ def test_no_file_cites_a_document_users_do_not_have():
     needle = "DESIGN" + ".md"  # spelled in two parts so this file does not cite it
     citing = [str(f.relative_to(root)) for f in files if needle in f.read_text(errors="replace")]
     assert not citing, citing
+
+
+BENCH = PACKAGE.parent.parent / "bench"
+
+
+def test_the_benchmarks_run_against_the_installed_package():
+    """``python -m bench.X``: no script edits ``sys.path`` to reach ``src/``, none imports a private name of
+    quickstudy (what the benchmarks measure is what a user can call)."""
+    offenders = []
+    for path in sorted(BENCH.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func).startswith("sys.path."):
+                offenders.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("quickstudy"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private or any(part.startswith("_") for part in node.module.split(".")):
+                    offenders.append(f"{path.name}:{node.lineno} from {node.module} import {private or '...'}")
+    assert not offenders, offenders
