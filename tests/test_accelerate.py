@@ -262,3 +262,28 @@ def test_meta_loss_backward_gives_meta_backwards_gradient_bit_for_bit_and_the_lo
     with torch.no_grad():
         value, _ = maml.meta_loss(batch)
     assert value.grad_fn is None and torch.allclose(value, loss)
+
+
+@pytest.mark.parametrize("path", ["meta_backward", "meta_loss"])
+def test_worker_threads_copies_are_traced_before_the_workers_run(monkeypatch, path):
+    """torch.fx patches module calls process-wide while it traces: a copy traced inside a worker thread turned
+    the other workers' forwards into traces (TraceError under the threads strategy, intermittently), so every
+    copy is traced in the calling thread before any worker starts."""
+    import importlib
+    import threading
+
+    accelerate_module = importlib.import_module("quickstudy.models.accelerate")  # the module, not the function
+
+    tracing_threads = []
+    original = accelerate_module._Tracer.trace
+
+    def trace(self, root, *args, **kwargs):
+        tracing_threads.append(threading.current_thread())
+        return original(self, root, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate_module._Tracer, "trace", trace)
+    torch.set_num_threads(2)  # two workers (the conftest fixture restores one thread)
+    model = MODELS["conv4_sequential"]().double()
+    gradient = meta_gradient(model, tasks(4, seed=2), path, strategy="threads")
+    assert tracing_threads and all(t is threading.main_thread() for t in tracing_threads), tracing_threads
+    assert all(torch.isfinite(g).all() for g in gradient)

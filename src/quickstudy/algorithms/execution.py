@@ -241,7 +241,11 @@ class Execution:
             self._copies = (signature, learners)
         while len(learners) < count:
             shared = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
-            learners.append(Learner(copy.deepcopy(self.model, shared)))
+            learner = Learner(copy.deepcopy(self.model, shared))
+            # trace its accelerated program here, before any worker runs: torch.fx patches module calls
+            # process-wide while it traces, which would turn another worker's forward into a trace
+            learner.acceleration
+            learners.append(learner)
         return learners[:count]
 
     # ------------------------------------------------------------------ running

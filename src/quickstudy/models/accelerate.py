@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -93,6 +94,9 @@ class AccelerationReport:
 
 
 # ----------------------------------------------------------------------------- tracing
+
+
+_TRACING = threading.Lock()
 
 
 class _Tracer(fx.Tracer):
@@ -282,7 +286,8 @@ def build_program(model: nn.Module, kernels: str | Iterable[str] = "auto") -> tu
         report = AccelerationReport(name, False, "its forward takes backward_once: it runs its own kernels")
         return None, report
     try:
-        graph = _Tracer().trace(model)
+        with _TRACING:  # one trace at a time: torch.fx patches module calls process-wide while it traces
+            graph = _Tracer().trace(model)
     except Exception as error:  # noqa: BLE001 - any trace failure means: run the model as it is
         reason = f"torch.fx cannot trace its forward: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
         return None, AccelerationReport(name, False, reason)
