@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -32,6 +32,8 @@ from .safe_yaml import load as load_yaml
 
 __all__ = ["ExperimentConfig", "ConfigError", "load_config", "apply_overrides", "check_kwargs"]
 
+
+_M = TypeVar("_M", bound=BaseModel)
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the key."""
@@ -138,13 +140,23 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _parse(raw: dict, source: str) -> ExperimentConfig:
+def validate(schema: type[_M], raw: Any, source: str) -> _M:
+    """``raw`` checked against a config ``schema``; every problem on its own line naming ``source`` and the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config must be a mapping of keys to values, got {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_validated(schema: type[_M], path: str | Path | None, overrides: list[str] | None, raw: dict | None,
+                   default: dict | None = None) -> tuple[_M, dict]:
+    """Read, override and validate against ``schema`` (every task kind's loader); returns the config and the
+    resolved raw dict (to write back)."""
+    raw, source = read_raw(path, overrides, raw, default=default)
+    config = validate(schema, raw, source)
+    return config, config.model_dump(mode="json", exclude_none=False)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -196,9 +208,7 @@ def read_raw(path: str | Path | None, overrides: list[str] | None, raw: dict | N
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 raw: dict | None = None) -> tuple[ExperimentConfig, dict]:
     """Read, override and validate; returns the config and the resolved raw dict (to write back)."""
-    raw, source = read_raw(path, overrides, raw)
-    config = _parse(raw, source)
-    return config, config.model_dump(mode="json", exclude_none=False)
+    return load_validated(ExperimentConfig, path, overrides, raw)
 
 
 def check_kwargs(factory, kwargs: dict[str, Any], section: str) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from ..config import ConfigError, _format_errors, _Strict, read_raw
+from ..config import _Strict, load_validated
 
 __all__ = ["RLConfig", "load_rl_config", "is_rl_config"]
 
@@ -124,11 +124,4 @@ def is_rl_config(path: str | Path | None) -> bool:
 def load_rl_config(path: str | Path | None = None, overrides: list[str] | None = None,
                    raw: dict | None = None) -> tuple[RLConfig, dict]:
     """Read, override and validate; returns the config and the resolved raw dict (to write back)."""
-    raw, source = read_raw(path, overrides, raw, default={"kind": "rl"})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a config must be a mapping of keys to values, got {type(raw).__name__}")
-    try:
-        config = RLConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_format_errors(error, source)) from None
-    return config, config.model_dump(mode="json", exclude_none=False)
+    return load_validated(RLConfig, path, overrides, raw, default={"kind": "rl"})

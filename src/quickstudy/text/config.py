@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from ..config import ConfigError, _format_errors, _Strict, read_raw
+from ..config import _Strict, load_validated
 
 __all__ = ["TextConfig", "load_text_config", "is_text_config", "SOURCE_NAMES"]
 
@@ -158,11 +158,4 @@ def is_text_config(path: str | Path | None) -> bool:
 def load_text_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      raw: dict | None = None) -> tuple[TextConfig, dict]:
     """Read, override and validate; returns the config and the resolved raw dict (to write back)."""
-    raw, source = read_raw(path, overrides, raw, default={"kind": "text"})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a config must be a mapping of keys to values, got {type(raw).__name__}")
-    try:
-        config = TextConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_format_errors(error, source)) from None
-    return config, config.model_dump(mode="json", exclude_none=False)
+    return load_validated(TextConfig, path, overrides, raw, default={"kind": "text"})

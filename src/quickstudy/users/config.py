@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ..config import ComponentConfig, ConfigError, Reference, TrainConfig, _format_errors, _Strict, read_raw
+from ..config import ComponentConfig, Reference, TrainConfig, _Strict, load_validated
 
 __all__ = ["UsersConfig", "load_users_config", "NAME"]
 
@@ -143,11 +143,4 @@ class UsersConfig(_Strict):
 def load_users_config(path: str | Path | None = None, overrides: list[str] | None = None,
                       raw: dict | None = None) -> tuple[UsersConfig, dict]:
     """Read, override and validate; returns the config and the resolved raw dict (to write back)."""
-    raw, source = read_raw(path, overrides, raw, default={"kind": NAME})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a config must be a mapping of keys to values, got {type(raw).__name__}")
-    try:
-        config = UsersConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_format_errors(error, source)) from None
-    return config, config.model_dump(mode="json", exclude_none=False)
+    return load_validated(UsersConfig, path, overrides, raw, default={"kind": NAME})
