@@ -35,6 +35,7 @@ __all__ = ["ExperimentConfig", "ConfigError", "load_config", "apply_overrides", 
 
 _M = TypeVar("_M", bound=BaseModel)
 
+
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the key."""
 
