@@ -73,7 +73,7 @@ def run_one(config: Path, out_root: Path, time_limit: float | None, episodes: in
     env = dict(os.environ)
     if threads is not None:
         # runs side by side must share the cores: torch's default (all cores each) thrashes
-        env["OMP_NUM_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = env["QUICKSTUDY_THREADS"] = str(threads)
     started = time.perf_counter()
     log = (out_root / f"{config.stem}.log").open("w")
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env)

@@ -151,3 +151,25 @@ def test_test_episodes_are_reused_when_nothing_changed(run_copy):
     first = (run / "test_episodes.pt").stat().st_mtime_ns
     evaluate_run(run, progress=False)
     assert (run / "test_episodes.pt").stat().st_mtime_ns == first
+
+
+def test_thread_count_honours_the_variables_of_jobs_launched_side_by_side(monkeypatch):
+    """Two jobs started together on an idle machine both see a load of 0: each must take the share the
+    launcher gave it (OMP_NUM_THREADS), not every core, or their OpenMP barriers thrash."""
+    from quickstudy.runs import choose_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.delenv("QUICKSTUDY_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert choose_threads() == 8                      # nothing said: every idle core
+    monkeypatch.setattr("os.getloadavg", lambda: (5.2, 0.0, 0.0))
+    assert choose_threads() == 3                      # the cores the load leaves
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads() == 2                      # the launcher's share wins over the load
+    monkeypatch.setenv("QUICKSTUDY_THREADS", "1")
+    assert choose_threads() == 1                      # and quickstudy's own variable over both
+    monkeypatch.setenv("QUICKSTUDY_THREADS", "two")
+    with pytest.raises(ValueError, match=r"QUICKSTUDY_THREADS must be a whole number.*'two'"):
+        choose_threads()

@@ -313,12 +313,17 @@ def count_flops(step) -> int | None:
 def profile_step(step, path: str, rows: int = 30, sync=None) -> dict:
     """torch.profiler over one ``step``: writes the op table (by self CPU time) to ``path``; returns a summary.
 
-    ``op_share`` = (sum of the self CPU time of all profiled ops) / (wall time under the profiler): the
-    rest of the wall time is spent outside aten ops (Python, autograd engine bookkeeping, the profiler).
+    Every thread is profiled (``profile_all_threads``): under quickstudy's threads strategy the tasks' forward
+    and backward passes run on worker threads, which torch.profiler's default does not record. ``op_share`` =
+    (sum of the self CPU time of all profiled ops, over all threads) / (wall time under the profiler): about
+    the number of cores kept busy in aten ops; the rest of the wall time x cores is spent outside aten ops
+    (Python, autograd engine bookkeeping, waiting, the profiler).
     """
+    from torch._C._profiler import _ExperimentalConfig
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    every_thread = _ExperimentalConfig(profile_all_threads=True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, experimental_config=every_thread) as prof:
         if sync is not None:
             sync()
         t0 = time.perf_counter()
@@ -332,8 +337,8 @@ def profile_step(step, path: str, rows: int = 30, sync=None) -> dict:
     by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
     top = sorted(averages, key=lambda e: -e.self_cpu_time_total)[:rows]
     with open(path, "w") as handle:
-        handle.write(f"wall under profiler: {wall * 1e3:.1f} ms; sum of self CPU time of ops: "
-                     f"{self_total_us / 1e3:.1f} ms ({100 * self_total_us / 1e6 / wall:.0f}%)\n\n")
+        handle.write(f"wall under profiler: {wall * 1e3:.1f} ms; sum of self CPU time of ops over all threads: "
+                     f"{self_total_us / 1e3:.1f} ms ({self_total_us / 1e6 / wall:.2f} cores busy in ops)\n\n")
         handle.write(table)
         handle.write("\n\nby input shape:\n")
         handle.write(by_shape)

@@ -216,15 +216,21 @@ def machine_info() -> dict[str, Any]:
 
 
 def choose_threads() -> int:
-    """Intra-op threads for this process: ``$QUICKSTUDY_THREADS`` if set, else the cores other processes
+    """Intra-op threads for this process: ``$QUICKSTUDY_THREADS`` if set, else ``$OMP_NUM_THREADS`` if set (the
+    variable a user or a launcher running jobs side by side already sets), else the cores other processes
     leave idle (cores minus the 1-minute load average), at least one; under torchrun, this process's share of
     them (divided by ``$LOCAL_WORLD_SIZE``, the processes torchrun started on this machine).
 
     Why: when another process holds a core, OpenMP's barrier waits make torch's default (one thread per
-    core) catastrophically slow for the small ops of meta-learning (docs/bench)."""
-    requested = os.environ.get("QUICKSTUDY_THREADS")
-    if requested:
-        return max(1, int(requested))
+    core) catastrophically slow for the small ops of meta-learning (docs/bench). The load average cannot see
+    a job started in the same second, so jobs launched together must say their share."""
+    for variable in ("QUICKSTUDY_THREADS", "OMP_NUM_THREADS"):
+        requested = os.environ.get(variable, "").strip()
+        if requested:
+            try:
+                return max(1, int(requested))
+            except ValueError:
+                raise ValueError(f"${variable} must be a whole number of threads, got {requested!r}") from None
     cores = os.cpu_count() or 1
     try:
         busy = os.getloadavg()[0]
