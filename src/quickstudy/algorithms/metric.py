@@ -94,7 +94,9 @@ class MetricMetaLearner(MetaLearner):
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         batch = self._check_batch(batch)
-        loss, losses, outputs = self.execution.meta_loss(self.task_loss, self.meta_parameters(), batch, self.strategy)
+        extra = [p for p in self.parameters() if p.requires_grad]
+        loss, losses, outputs = self.execution.meta_loss(self.task_loss, self.meta_parameters(), batch, self.strategy,
+                                                         extra)
         return loss, summarize(losses, outputs, batch.query_y)
 
     def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
