@@ -139,3 +139,35 @@ def test_rows_without_their_own_flop_count_use_the_plain_loops():
     assert rows["quickstudy"]["useful_flops"] == 2e11 and "threads" in rows["quickstudy"]["flops_note"]
     assert rows["learn2learn"]["useful_flops"] == 2e11 and "flops_note" not in rows["learn2learn"]
     assert rows["quickstudy"]["ratio_to_fastest_peer"] == 2.5
+
+
+def test_profile_breakdown_splits_convolutions_from_the_rest(tmp_path, capsys):
+    """bench.speed_profile on a hand-made run: a peer whose one calling thread spends 4 s of an 8 s step in
+    convolutions, and quickstudy whose two workers spend 4 s (together) of a 3 s step in them."""
+    from bench import speed_profile
+
+    def worker(wall_s, conv_ms, other_ms, tasks_per_s):
+        top = [{"op": "aten::mkldnn_convolution", "self_cpu_ms": conv_ms / 4, "calls": 10},
+               {"op": "aten::convolution_backward", "self_cpu_ms": 3 * conv_ms / 4, "calls": 10},
+               {"op": "aten::mul", "self_cpu_ms": other_ms, "calls": 10}]
+        return {"tasks_per_s": tasks_per_s, "ratio_to_fastest_peer": None,
+                "profile": {"profile_wall_s": wall_s, "ops_self_cpu_s": (conv_ms + other_ms) / 1e3, "top": top}}
+
+    results = {"cell": {"learn2learn": worker(8.0, 4000, 4000, 4.0), "quickstudy": worker(3.0, 4000, 2000, 10.0),
+                        "torchopt": {"skipped": "no such cell"}}}
+    rows = speed_profile.table(results)["cell"]
+    assert set(rows) == {"learn2learn", "quickstudy"}
+    qs = rows["quickstudy"]
+    assert qs["conv_ms"] == pytest.approx(4000) and qs["other_ms"] == pytest.approx(2000)
+    assert qs["in_ops"] == pytest.approx(2.0) and qs["conv_share"] == pytest.approx(2 / 3)
+    assert qs["conv_lead"] == pytest.approx(4000 / (4000 / 2.0))   # the peer's 4 s against 2 s on two threads
+    assert rows["learn2learn"]["conv_lead"] == pytest.approx(1.0)
+
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps({"results": results}))
+    assert speed_profile.main([str(path), "--json", str(tmp_path / "out.json")]) == 0
+    assert "quickstudy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["cell"]["quickstudy"]["conv_lead"] == pytest.approx(2.0)
+    path.write_text(json.dumps({"results": {"cell": {"quickstudy": {"tasks_per_s": 1.0}}}}))
+    assert speed_profile.main([str(path)]) == 2                     # no profiles: a one-line error
+    assert "holds no profiles" in capsys.readouterr().err
