@@ -168,6 +168,12 @@ def test_thread_count_honours_the_variables_of_jobs_launched_side_by_side(monkey
     assert choose_threads() == 3                      # the cores the load leaves
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert choose_threads() == 2                      # the launcher's share wins over the load
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert choose_threads() == 1                      # torchrun's default OMP_NUM_THREADS=1 is not a choice:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")        # each of its 2 processes takes half the idle cores
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert choose_threads() == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setenv("QUICKSTUDY_THREADS", "1")
     assert choose_threads() == 1                      # and quickstudy's own variable over both
     monkeypatch.setenv("QUICKSTUDY_THREADS", "two")

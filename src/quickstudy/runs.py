@@ -217,14 +217,18 @@ def machine_info() -> dict[str, Any]:
 
 def choose_threads() -> int:
     """Intra-op threads for this process: ``$QUICKSTUDY_THREADS`` if set, else ``$OMP_NUM_THREADS`` if set (the
-    variable a user or a launcher running jobs side by side already sets), else the cores other processes
+    variable a user or a launcher running jobs side by side already sets; not under torchrun, which sets it to 1
+    by default), else the cores other processes
     leave idle (cores minus the 1-minute load average), at least one; under torchrun, this process's share of
     them (divided by ``$LOCAL_WORLD_SIZE``, the processes torchrun started on this machine).
 
     Why: when another process holds a core, OpenMP's barrier waits make torch's default (one thread per
     core) catastrophically slow for the small ops of meta-learning (docs/bench). The load average cannot see
     a job started in the same second, so jobs launched together must say their share."""
-    for variable in ("QUICKSTUDY_THREADS", "OMP_NUM_THREADS"):
+    # torchrun sets OMP_NUM_THREADS=1 in every process it starts unless told otherwise: there the share of the
+    # idle cores below is the better default, and QUICKSTUDY_THREADS the override
+    under_torchrun = "LOCAL_WORLD_SIZE" in os.environ
+    for variable in ("QUICKSTUDY_THREADS",) if under_torchrun else ("QUICKSTUDY_THREADS", "OMP_NUM_THREADS"):
         requested = os.environ.get(variable, "").strip()
         if requested:
             try:
