@@ -160,22 +160,30 @@ def test_thread_count_honours_the_variables_of_jobs_launched_side_by_side(monkey
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
-    monkeypatch.delenv("QUICKSTUDY_THREADS", raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for variable in ("QUICKSTUDY_THREADS", "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(variable, raising=False)
     assert choose_threads() == 8                      # nothing said: every idle core
     monkeypatch.setattr("os.getloadavg", lambda: (5.2, 0.0, 0.0))
     assert choose_threads() == 3                      # the cores the load leaves
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert choose_threads() == 2                      # the launcher's share wins over the load
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert choose_threads() == 1                      # torchrun's default OMP_NUM_THREADS=1 is not a choice:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")        # each of its 2 processes takes half the idle cores
-    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert choose_threads() == 4
-    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setenv("QUICKSTUDY_THREADS", "1")
     assert choose_threads() == 1                      # and quickstudy's own variable over both
     monkeypatch.setenv("QUICKSTUDY_THREADS", "two")
     with pytest.raises(ValueError, match=r"QUICKSTUDY_THREADS must be a whole number.*'two'"):
         choose_threads()
+
+
+def test_thread_count_under_torchrun_ignores_its_default_omp_setting(monkeypatch):
+    """torchrun sets OMP_NUM_THREADS=1 in each process it starts: that is not a choice, so each of its P
+    processes on the machine takes 1/P of the idle cores; QUICKSTUDY_THREADS still overrides."""
+    from quickstudy.runs import choose_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.delenv("QUICKSTUDY_THREADS", raising=False)
+    for variable, value in {"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(variable, value)
+    assert choose_threads() == 4
+    monkeypatch.setenv("QUICKSTUDY_THREADS", "3")
+    assert choose_threads() == 3

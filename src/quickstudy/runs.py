@@ -216,19 +216,19 @@ def machine_info() -> dict[str, Any]:
 
 
 def choose_threads() -> int:
-    """Intra-op threads for this process: ``$QUICKSTUDY_THREADS`` if set, else ``$OMP_NUM_THREADS`` if set (the
-    variable a user or a launcher running jobs side by side already sets; not under torchrun, which sets it to 1
-    by default), else the cores other processes
-    leave idle (cores minus the 1-minute load average), at least one; under torchrun, this process's share of
-    them (divided by ``$LOCAL_WORLD_SIZE``, the processes torchrun started on this machine).
+    """Intra-op threads for this process, the first that applies:
+
+    1. ``$QUICKSTUDY_THREADS``;
+    2. ``$OMP_NUM_THREADS``, the share a user or a launcher running jobs side by side gives (not under torchrun,
+       which sets it to 1 in every process it starts unless told otherwise);
+    3. the cores other processes leave idle (cores minus the 1-minute load average), at least one; under
+       torchrun, this process's share of them (divided by ``$LOCAL_WORLD_SIZE``, its processes on this machine).
 
     Why: when another process holds a core, OpenMP's barrier waits make torch's default (one thread per
     core) catastrophically slow for the small ops of meta-learning (docs/bench). The load average cannot see
     a job started in the same second, so jobs launched together must say their share."""
-    # torchrun sets OMP_NUM_THREADS=1 in every process it starts unless told otherwise: there the share of the
-    # idle cores below is the better default, and QUICKSTUDY_THREADS the override
-    under_torchrun = "LOCAL_WORLD_SIZE" in os.environ
-    for variable in ("QUICKSTUDY_THREADS",) if under_torchrun else ("QUICKSTUDY_THREADS", "OMP_NUM_THREADS"):
+    variables = ("QUICKSTUDY_THREADS",) if launched_by_torchrun() else ("QUICKSTUDY_THREADS", "OMP_NUM_THREADS")
+    for variable in variables:
         requested = os.environ.get(variable, "").strip()
         if requested:
             try:
