@@ -35,6 +35,20 @@ def test_attention_by_hand():
     torch.testing.assert_close(learner.adapt(support, labels)(query), expected)
 
 
+def test_support_only_normalisation_by_hand():
+    """normalize_query=False: logits are the query . unit support vectors. Query (0, 2) against (1,0), (0,1),
+    (1,1)/sqrt(2): 0, 2, sqrt(2) -- beyond the [-1, 1] of cosines."""
+    support = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[0.0, 2.0]], dtype=torch.float64)
+    e = [math.exp(0.0), math.exp(2.0), math.exp(math.sqrt(2))]
+    p0 = e[0] / sum(e)
+    expected = torch.log(torch.tensor([[p0, 1 - p0]], dtype=torch.float64))
+    torch.testing.assert_close(matching_log_probs(query, support, labels, 2, normalize_query=False), expected)
+    learner = MatchingNet(identity_embedding(), normalize_query=False)
+    torch.testing.assert_close(learner.adapt(support, labels)(query), expected)
+
+
 def test_loss_is_the_negative_log_probability_of_the_true_class():
     support = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
     query = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)

@@ -7,6 +7,11 @@ A query x^ is labelled by attention over the support set S = {(x_i, y_i)} (y_i o
     prediction:   P(y = n | x^, S) = sum_i a(x^, x_i) [y_i = n]
     outer loss:   L_meta(theta) = 1/B * sum_tasks mean_{(x^, y) in Q} -log P(y | x^, S)
 
+With ``normalize_query=False`` the similarity is g(x_i)/||g(x_i)|| . f(x^): only the support embeddings are
+normalised, as in the widely copied open TensorFlow implementation of the Omniglot model and its PyTorch
+port (github.com/gitabcworld/MatchingNetworks); the paper's equation normalises both. The query's norm then acts as a learned inverse temperature: with both sides
+normalised every logit lies in [-1, 1], which caps P(true class) at e / (e + (N-1)/e), 0.28 at 20 ways.
+
 There is no inner loop. Without full-context embeddings (``fce=False``, the paper's Omniglot setting) f = g = the
 model's embedding. With ``fce=True`` both see the whole support set (paper, appendix A.2), e' being the model's
 embedding:
@@ -35,11 +40,14 @@ from .metric import MetricMetaLearner, class_onehot, embed
 __all__ = ["MatchingNet", "matching_log_probs"]
 
 
-def matching_log_probs(query: Tensor, support: Tensor, support_y: Tensor, ways: int) -> Tensor:
+def matching_log_probs(query: Tensor, support: Tensor, support_y: Tensor, ways: int,
+                       normalize_query: bool = True) -> Tensor:
     """``log P(y = n | query)`` ``[q, ways]``: softmax attention over the cosine similarities between each query
-    and every support embedding, summed per class."""
-    cosine = F.normalize(query, dim=-1, eps=1e-8) @ F.normalize(support, dim=-1, eps=1e-8).transpose(-1, -2)
-    attention = torch.softmax(cosine, dim=-1)                          # [q, n]
+    and every support embedding (with ``normalize_query=False``: the query left unnormalised), summed per class."""
+    if normalize_query:
+        query = F.normalize(query, dim=-1, eps=1e-8)
+    similarity = query @ F.normalize(support, dim=-1, eps=1e-8).transpose(-1, -2)
+    attention = torch.softmax(similarity, dim=-1)                      # [q, n]
     probs = attention @ class_onehot(support_y, ways, attention.dtype)  # [q, ways], rows sum to 1
     return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
@@ -58,15 +66,17 @@ class MatchingNet(MetricMetaLearner):
     Args:
         model: the embedding ``[n, ...] -> [n, D]`` (e.g. ``Conv4(ways=None)``).
         fce: full-context embeddings (the two LSTMs of the module docstring).
+        normalize_query: ``False`` leaves the query embedding unnormalised (its norm a learned temperature).
         fce_steps: K, the attention-LSTM steps of f (default: the number of support examples of the task).
         feature_dim: D for the LSTMs (default ``model.out_features``); only read with ``fce=True``.
         strategy: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"threads"`` (:mod:`quickstudy.algorithms.execution`).
     """
 
     def __init__(self, model: nn.Module, fce: bool = False, fce_steps: int | None = None,
-                 feature_dim: int | None = None, strategy: str = "auto") -> None:
+                 feature_dim: int | None = None, strategy: str = "auto", normalize_query: bool = True) -> None:
         super().__init__(model, strategy)
         self.fce = check_bool("MatchingNet", "fce", fce)
+        self.normalize_query = check_bool("MatchingNet", "normalize_query", normalize_query)
         self.fce_steps = check_int("MatchingNet", "fce_steps", fce_steps, allow_none=True)
         if self.fce:
             width = feature_dim if feature_dim is not None else getattr(self.model, "out_features", None)
@@ -121,10 +131,11 @@ class MatchingNet(MetricMetaLearner):
             p = meta["context"]
             support = self._support_context(p, support)
             query = self._query_context(p, query, support, self.fce_steps or len(support))
-        return matching_log_probs(query, support, task.support_y, task.ways)
+        return matching_log_probs(query, support, task.support_y, task.ways, self.normalize_query)
 
     def output_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.nll_loss(outputs, targets)  # outputs are log-probabilities: -log P(y | x^, S)
 
     def extra_repr(self) -> str:
-        return f"fce={self.fce}, fce_steps={self.fce_steps}, strategy={self.strategy!r}"
+        return (f"fce={self.fce}, fce_steps={self.fce_steps}, normalize_query={self.normalize_query}, "
+                f"strategy={self.strategy!r}")
