@@ -16,9 +16,12 @@ meta-gradient: ``L_Q(phi).detach() + sum <v, theta> - sum <v, theta>.detach()`` 
 the query loss. So every execution strategy (loop, threads, vmap, where the Hessian-vector products are
 ``torch.func.vjp`` of ``torch.func.grad``) and the Trainer run it unchanged.
 
-``cg_damping`` (default 0, the paper's equation) solves ((1 + cg_damping) I + H / lam) v = g instead, which keeps
-CG stable when H has large negative curvature. Adaptation at evaluation runs the same regularised inner loop with
-``eval_lam`` (default ``lam``) for ``eval_steps`` steps.
+``cg_damping`` and ``hessian_damping`` (default 0 and 0, the paper's equation) solve
+((1 + cg_damping) I + H / (lam + hessian_damping)) v = g instead: the authors' released Omniglot code
+(github.com/aravindr93/imaml_dev) solves it with cg_damping = 1 and hessian_damping = 10, which keeps CG stable
+when H has large negative curvature and leans the meta-gradient towards the first-order one. Adaptation at
+evaluation runs the same regularised inner loop with ``eval_lam`` (default ``lam``; that code evaluates with 0,
+plain gradient descent) for ``eval_steps`` steps.
 """
 
 from __future__ import annotations
@@ -69,15 +72,16 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
 
 
 class IMAML(GradientMetaLearner):
-    """``IMAML(model, lam=2.0, inner_lr=0.1, inner_steps=16, cg_steps=5, cg_damping=0.0, loss="cross_entropy",
-    strategy="auto", eval_steps=None, eval_lam=None)``.
+    """``IMAML(model, lam=2.0, inner_lr=0.1, inner_steps=16, cg_steps=5, cg_damping=0.0, hessian_damping=0.0,
+    loss="cross_entropy", strategy="auto", eval_steps=None, eval_lam=None)``.
 
     Args:
         model: any ``nn.Module``; its parameters are theta.
         lam: the proximal weight lambda (> 0) of the inner objective L_S(phi) + lam/2 ||phi - theta||^2.
         inner_lr, inner_steps: gradient descent on the inner objective (the paper's Omniglot runs: 0.1 and 16/25).
         cg_steps: conjugate-gradient iterations for the implicit meta-gradient (the paper: 5).
-        cg_damping: solve ((1 + cg_damping) I + H / lam) v = g (0: the paper's equation).
+        cg_damping, hessian_damping: solve ((1 + cg_damping) I + H / (lam + hessian_damping)) v = g
+            (0 and 0: the paper's equation; the authors' code: 1 and 10).
         eval_lam: lambda at adaptation (``adapt``/``predict``); default ``lam``.
         Other arguments as :class:`~.maml.MAML`.
     """
@@ -90,6 +94,7 @@ class IMAML(GradientMetaLearner):
         inner_steps: int = 16,
         cg_steps: int = 5,
         cg_damping: float = 0.0,
+        hessian_damping: float = 0.0,
         loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         strategy: str = "auto",
         eval_steps: int | None = None,
@@ -102,6 +107,7 @@ class IMAML(GradientMetaLearner):
         self.eval_lam = check_number("IMAML", "eval_lam", eval_lam, allow_zero=True, allow_none=True)
         self.cg_steps = check_int("IMAML", "cg_steps", cg_steps, minimum=0)
         self.cg_damping = check_number("IMAML", "cg_damping", cg_damping, allow_zero=True)
+        self.hessian_damping = check_number("IMAML", "hessian_damping", hessian_damping, allow_zero=True)
 
     # ----------------------------------------------------------------- the maths of one task
     def _solve_inner(self, theta: Params, x: Tensor, y: Tensor, steps: int, lam: float, run: Run):
@@ -170,11 +176,11 @@ class IMAML(GradientMetaLearner):
         if self.cg_steps == 0:
             return g, loss, outputs
         hvp = self._hessian_vector_product(phi, task, run)
-        shift = 1.0 + self.cg_damping
+        shift, curvature_scale = 1.0 + self.cg_damping, self.lam + self.hessian_damping
 
         def matvec(v: Params) -> Params:
             hv = hvp(v)
-            return {k: shift * v[k] + hv[k] / self.lam for k in v}
+            return {k: shift * v[k] + hv[k] / curvature_scale for k in v}
 
         return conjugate_gradient(matvec, g, self.cg_steps), loss, outputs
 
@@ -187,4 +193,4 @@ class IMAML(GradientMetaLearner):
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, cg_steps={self.cg_steps}, "
-                f"cg_damping={self.cg_damping}, loss={self.loss!r}, strategy={self.strategy!r}")
+                f"cg_damping={self.cg_damping}, hessian_damping={self.hessian_damping}, loss={self.loss!r}, strategy={self.strategy!r}")
