@@ -193,4 +193,5 @@ class IMAML(GradientMetaLearner):
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, cg_steps={self.cg_steps}, "
-                f"cg_damping={self.cg_damping}, hessian_damping={self.hessian_damping}, loss={self.loss!r}, strategy={self.strategy!r}")
+                f"cg_damping={self.cg_damping}, hessian_damping={self.hessian_damping}, loss={self.loss!r}, "
+                f"strategy={self.strategy!r}")

@@ -8,9 +8,10 @@ A query x^ is labelled by attention over the support set S = {(x_i, y_i)} (y_i o
     outer loss:   L_meta(theta) = 1/B * sum_tasks mean_{(x^, y) in Q} -log P(y | x^, S)
 
 With ``normalize_query=False`` the similarity is g(x_i)/||g(x_i)|| . f(x^): only the support embeddings are
-normalised, as in the widely copied open TensorFlow implementation of the Omniglot model and its PyTorch
-port (github.com/gitabcworld/MatchingNetworks); the paper's equation normalises both. The query's norm then acts as a learned inverse temperature: with both sides
-normalised every logit lies in [-1, 1], which caps P(true class) at e / (e + (N-1)/e), 0.28 at 20 ways.
+normalised, as in the widely copied open TensorFlow implementation of the Omniglot model and its PyTorch port
+(github.com/gitabcworld/MatchingNetworks); the paper's equation normalises both. The query's norm then acts as a
+learned inverse temperature: with both sides normalised every logit lies in [-1, 1], which caps P(true class) at
+e / (e + (N-1)/e), 0.28 at 20 ways.
 
 There is no inner loop. Without full-context embeddings (``fce=False``, the paper's Omniglot setting) f = g = the
 model's embedding. With ``fce=True`` both see the whole support set (paper, appendix A.2), e' being the model's
@@ -61,15 +62,16 @@ def _lstm_step(x: Tensor, state: Tensor, c: Tensor, weight: Tensor, bias: Tensor
 
 
 class MatchingNet(MetricMetaLearner):
-    """``MatchingNet(model, fce=False, fce_steps=None, feature_dim=None, strategy="auto")``.
+    """``MatchingNet(model, fce=False, fce_steps=None, feature_dim=None, strategy="auto",
+    normalize_query=True)``.
 
     Args:
         model: the embedding ``[n, ...] -> [n, D]`` (e.g. ``Conv4(ways=None)``).
         fce: full-context embeddings (the two LSTMs of the module docstring).
-        normalize_query: ``False`` leaves the query embedding unnormalised (its norm a learned temperature).
         fce_steps: K, the attention-LSTM steps of f (default: the number of support examples of the task).
         feature_dim: D for the LSTMs (default ``model.out_features``); only read with ``fce=True``.
         strategy: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"threads"`` (:mod:`quickstudy.algorithms.execution`).
+        normalize_query: ``False`` leaves the query embedding unnormalised (its norm a learned temperature).
     """
 
     def __init__(self, model: nn.Module, fce: bool = False, fce_steps: int | None = None,
