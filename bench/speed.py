@@ -1,5 +1,6 @@
-"""Meta-training speed of quickstudy against learn2learn, higher, TorchOpt, a plain per-task PyTorch loop
-and torch.func vmap: same machine, same run, same data, same model, every variant in its own process.
+"""Meta-training speed of quickstudy against learn2learn, higher, TorchOpt, parallel-metalearn, easyfsl, a plain
+per-task PyTorch loop and torch.func vmap: same machine, same run, same data, same model, every variant in its own
+process.
 
     .venv/bin/python -m bench.speed                       # the issue's table + ProtoNet + Reptile
     .venv/bin/python -m bench.speed --quick               # smoke check: 1 warm-up + 2 timed steps each

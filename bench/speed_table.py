@@ -85,7 +85,7 @@ def print_table(results: dict, roofs: dict, threads: int, device: str = "cpu", m
               f"{_fmt(gflops, '.1f'):>8}{_fmt(gflops and fp32 and 100 * gflops / fp32, '.0f'):>6}"
               f"{_fmt(gflops and bf16 and 100 * gflops / bf16, '.0f'):>6}{r.get('foreign_cpu_cores', 0):>6.2f}")
     print("tasks/s: meta-batch / median meta-step wall time; ±: (max-min)/median of the timed steps; /cpu-s: per "
-          "CPU-second of the worker; issue: the issue's number; vs peer: / fastest of learn2learn, higher, TorchOpt, parallel-metalearn; "
+          "CPU-second of the worker; issue: the issue's number; vs peer: / fastest of learn2learn, higher, TorchOpt, parallel-metalearn, easyfsl; "
           "peak MiB: ru_maxrss of the worker; base MiB: RSS before the first step; kflt/t: minor page faults per task, "
           "thousands (fresh pages from the kernel: ~2.5 us each in these VMs); other: CPU cores used by other "
           "processes during the worker (0 = idle machine); GFLOP/st: FlopCounterMode count of one meta-step (*: not "
@@ -134,7 +134,7 @@ def print_table_cuda(results: dict, roofs: dict, threads: int, machine: dict) ->
               f"{_fmt(gflops and bf16 and 100 * gflops / bf16, '.1f'):>6}{r.get('foreign_cpu_cores', 0):>6.2f}"
               f"  {strategy.split(' ')[0]}")
     print("tasks/s: meta-batch / median meta-step wall time (each step ends with torch.cuda.synchronize()); ±: "
-          "(max-min)/median of the timed steps; vs peer: / fastest of learn2learn, higher, TorchOpt, parallel-metalearn; GPU MiB: "
+          "(max-min)/median of the timed steps; vs peer: / fastest of learn2learn, higher, TorchOpt, parallel-metalearn, easyfsl; GPU MiB: "
           "torch.cuda.max_memory_allocated over the timed steps (the counter is reset after the warm-up; the warm-up's "
           "peak is gpu_peak_warmup_mib in the JSON); GPU base: allocated after building model and batch; RSS MiB: "
           "ru_maxrss of the worker; GFLOP/st: FlopCounterMode count of one meta-step (*: differs from the plain loop's "

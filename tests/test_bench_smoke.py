@@ -32,7 +32,7 @@ def _meta_grad(worker_name: str, cell_name: str, meta_batch: int = 2):
 
 @pytest.mark.parametrize("lib", ["quickstudy", "qs_user", "qs_user_loss", "qs_loss"])
 @pytest.mark.parametrize("cell, meta_batch", [("maml-1shot-1step-2nd", 2), ("maml-1shot-1step-1st", 1),
-                                              ("protonet-1shot", 1)])
+                                              ("protonet-1shot", 1), ("imaml-1shot-5step", 1)])
 def test_quickstudy_workers_match_plain_loop(lib, cell, meta_batch):
     """Every quickstudy row (built-in or the user's model, meta_backward or meta_loss().backward()) does the plain
     loop's maths."""

@@ -53,7 +53,7 @@ class Cell:
     """One benchmark configuration."""
 
     name: str
-    algo: str  # "maml", "protonet" or "reptile"
+    algo: str  # "maml", "protonet", "reptile", "imaml", "matchingnet" (full-context embeddings) or "relationnet"
     shots: int
     steps: int = 0  # inner steps (MAML, Reptile)
     first_order: bool = False
@@ -63,6 +63,8 @@ class Cell:
     inner_lr: float = 0.4  # MAML: SGD step size; Reptile: inner Adam lr
     outer_lr: float = 1e-3
     model: str = "conv4"  # the user's model: "conv4" (conv4_sequential) or "resnet12" (user_resnet12)
+    lam: float = 2.0  # iMAML: the proximal weight of the inner objective L_S(phi) + lam/2 ||phi - theta||^2
+    cg_steps: int = 5  # iMAML: conjugate-gradient iterations of the implicit meta-gradient
 
     def replace(self, **changes) -> "Cell":
         return Cell(**{**asdict(self), **changes})
@@ -87,6 +89,17 @@ for _shots in (1, 5):
     # Reptile: 5 inner Adam steps (lr 1e-3, betas (0, 0.999)) on the support set, as quickstudy's default
     CELLS[f"reptile-{_shots}shot-5step"] = Cell(f"reptile-{_shots}shot-5step", "reptile", _shots, 5, True,
                                                 inner_lr=1e-3)
+
+# iMAML (Rajeswaran et al. 2019) as TorchOpt's Omniglot example runs it: inner SGD of 0.1 on the proximal objective
+# (lam 2) from theta, 5 CG iterations for (I + H / lam) v = grad L_Q; 5 and 16 (the paper's Omniglot) inner steps
+for _steps in (5, 16):
+    CELLS[f"imaml-1shot-{_steps}step"] = Cell(f"imaml-1shot-{_steps}step", "imaml", 1, _steps, inner_lr=0.1)
+
+# Matching Networks with full-context embeddings (K = support size attention steps), query unnormalised: easyfsl's
+CELLS["matchingnet-fce-1shot"] = Cell("matchingnet-fce-1shot", "matchingnet", 1)
+# Relation Networks on Conv4 feature maps (max-pool in the first two blocks only: 64 x 7 x 7), relation module of
+# two conv blocks and 64 -> 8 -> 1, mean squared error on the one-hot targets
+CELLS["relationnet-1shot"] = Cell("relationnet-1shot", "relationnet", 1)
 
 # A user's ResNet-12 (widths RESNET12_CHANNELS): MAML 1-shot, 1 inner step, on a smaller meta-batch (a task
 # costs ~25 Conv4 tasks)
@@ -207,8 +220,17 @@ def load_reference(module: nn.Module, ways: int | None, seed: int = 0, model: st
     return module
 
 
-def reference_model(cell: "Cell", ways: int | None) -> nn.Module:
-    """The user's model of ``cell`` with the reference weights (what the peers and the user rows run)."""
+def reference_model(cell: "Cell", ways: int | None, flatten: bool = True) -> nn.Module:
+    """The user's model of ``cell`` with the reference weights (what the peers and the user rows run).
+
+    Relation Networks (``cell.algo == "relationnet"``): ``conv4_sequential`` without the last two max-pools, so
+    the features are 64 x 7 x 7 maps (flattened unless ``flatten=False``); the same parameters as Conv4's.
+    """
+    if cell.algo == "relationnet":
+        layers = list(conv4_sequential(in_channels=1, ways=None))
+        pools = [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
+        drop = set(pools[2:]) | ({len(layers) - 1} if not flatten else set())  # the last layer is the Flatten
+        return load_reference(nn.Sequential(*(l for i, l in enumerate(layers) if i not in drop)), None)
     return load_reference(user_model(cell.model, ways), ways, model=cell.model)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bench.peers import quickstudy_worker
 
 LIBRARY = "quickstudy (loop)"
-SUPPORTS = {"maml", "protonet"}
+SUPPORTS = {"maml", "protonet", "imaml", "matchingnet", "relationnet"}
 MODELS = quickstudy_worker.MODELS
 NOTES = "quickstudy defaults with strategy='loop' (per-task backward) instead of 'auto'"
 DETAILS = quickstudy_worker.DETAILS

@@ -5,6 +5,9 @@ MAML:     ``learner = qs.MAML(model, inner_lr, inner_steps, first_order)`` (defa
 ProtoNet: ``qs.ProtoNet(model)`` (``ways=None``: an embedding)
 Reptile:  ``qs.Reptile(model, inner_lr=1e-3, inner_steps=5)`` (inner Adam, betas (0, 0.999), inner data = the
           support set: its defaults)
+iMAML:    ``qs.IMAML(model, lam, inner_lr, inner_steps, cg_steps)`` (the paper's CG system, no damping)
+Matching Networks: ``qs.MatchingNet(model, fce=True, normalize_query=False, feature_dim=64)`` (easyfsl's form)
+Relation Networks: ``qs.RelationNet(model, feature_shape=(64, 7, 7))`` on ``Conv4(ways=None, pooled_blocks=2)``
 
 ``model`` is the built-in backbone (``qs.models.Conv4(in_channels=1, ways)``, or ``qs.models.ResNet12`` in the
 ``resnet12-*`` cells, ``TaskBatchNorm2d`` transductive), or with ``model="user"`` the user's own module that
@@ -46,7 +49,7 @@ from quickstudy.kernels.cpu_allocator import enable_caching_allocator
 from bench.peers.common import RESNET12_CHANNELS, load_reference, reference_model
 
 LIBRARY = "quickstudy"
-SUPPORTS = {"maml", "protonet", "reptile"}
+SUPPORTS = {"maml", "protonet", "reptile", "imaml", "matchingnet", "relationnet"}
 MODELS = ("conv4", "resnet12")
 NOTES = ("qs.MAML/FOMAML/ProtoNet/Reptile defaults (strategy auto -> threads/loop on CPU, vmap on CUDA; "
          "TaskBatchNorm2d transductive; on CPU the caching allocator, as Trainer.fit enables it); meta_backward")
@@ -62,8 +65,8 @@ def builtin_model(cell, ways):
     """The built-in backbone of the cell's model, with the reference weights."""
     if cell.model == "resnet12":
         model = qs.models.ResNet12(in_channels=1, ways=ways, channels=RESNET12_CHANNELS)
-    else:
-        model = qs.models.Conv4(in_channels=1, ways=ways)
+    else:  # Relation Networks: feature maps, the same parameters
+        model = qs.models.Conv4(in_channels=1, ways=ways, pooled_blocks=2 if cell.algo == "relationnet" else 4)
     return load_reference(model, ways, model=cell.model)
 
 
@@ -75,13 +78,20 @@ def build(cell, batch, dtype, strategy=None, model="builtin", path="meta_backwar
     if sx.device.type == "cpu" and os.environ.get("QS_BENCH_ALLOCATOR", "caching") == "caching":
         enable_caching_allocator()  # what Trainer.fit does on a CPU device
         allocator = "caching"
-    ways = None if cell.algo == "protonet" else cell.ways
+    ways = None if cell.algo in ("protonet", "matchingnet", "relationnet") else cell.ways
     network = reference_model(cell, ways) if model == "user" else builtin_model(cell, ways)
     if cell.algo == "maml":
         learner = qs.MAML(network, inner_lr=cell.inner_lr, inner_steps=cell.steps, first_order=cell.first_order,
                           strategy=strategy)
     elif cell.algo == "protonet":
         learner = qs.ProtoNet(network, strategy=strategy)
+    elif cell.algo == "relationnet":
+        learner = qs.RelationNet(network, feature_shape=[64, 7, 7], strategy=strategy)
+    elif cell.algo == "matchingnet":
+        learner = qs.MatchingNet(network, fce=True, normalize_query=False, feature_dim=64, strategy=strategy)
+    elif cell.algo == "imaml":
+        learner = qs.IMAML(network, lam=cell.lam, inner_lr=cell.inner_lr, inner_steps=cell.steps,
+                           cg_steps=cell.cg_steps, strategy=strategy)
     else:
         learner = qs.Reptile(network, inner_lr=cell.inner_lr, inner_steps=cell.steps)
     learner = learner.to(device=sx.device, dtype=dtype)

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict
 
 LIBS = ("quickstudy", "qs_loop", "qs_bf16", "qs_loss", "qs_user", "qs_user_loss", "torch_loop", "learn2learn",
-        "higher", "torchopt", "parallel_metalearn", "vmap")
+        "higher", "torchopt", "parallel_metalearn", "easyfsl", "vmap")
 
 
 def main(argv=None) -> None:

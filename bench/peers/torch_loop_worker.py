@@ -17,6 +17,10 @@ quickstudy does), class means, logits = -squared distances, ``(CE / B).backward(
 Reptile, per task: phi = detached copy of theta, ``steps`` Adam steps (betas (0, 0.999)) on the support
 set, accumulate phi; the query loss of phi is evaluated without grad (quickstudy's Reptile does it for its
 metrics, so the work is the same); then ``theta.grad = theta - mean(phi)``.
+
+iMAML, per task: phi = detached copy of theta, ``steps`` SGD steps on CE(f(sx_i; phi), sy_i) + lam/2 ||phi - theta||^2
+(gradients without a graph), g = grad of the query loss at phi, then ``cg_steps`` iterations of conjugate gradient
+from 0 on (I + H / lam) v = g, H v by double backward of the support loss at phi; ``theta.grad += v / B``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from bench.peers.common import conv4_functional, proto_logits, reference_state
 
 LIBRARY = "plain torch loop"
-SUPPORTS = {"maml", "protonet", "reptile"}
+SUPPORTS = {"maml", "protonet", "reptile", "imaml"}
 NOTES = "functional Conv4 (F.conv2d, F.batch_norm with batch stats), per-task backward"
 
 
@@ -67,6 +71,34 @@ def build(cell, batch, dtype):
                 (F.cross_entropy(logits, qy[i]) / b).backward()
             opt.step()
 
+    elif cell.algo == "imaml":
+
+        def step():
+            opt.zero_grad()
+            for i in range(b):
+                phi = [p.detach().clone().requires_grad_() for p in theta]
+                for _ in range(cell.steps):
+                    loss = F.cross_entropy(conv4_functional(phi, sx[i]), sy[i])
+                    grads = torch.autograd.grad(loss, phi)
+                    with torch.no_grad():
+                        for p, g, t in zip(phi, grads, theta):
+                            p -= cell.inner_lr * (g + cell.lam * (p - t))
+                logits = conv4_functional(phi, qx[i])
+                g_query = torch.autograd.grad(F.cross_entropy(logits, qy[i]), phi)
+                (logits.detach().argmax(-1) == qy[i]).float().mean()
+                support_grad = torch.autograd.grad(F.cross_entropy(conv4_functional(phi, sx[i]), sy[i]), phi,
+                                                   create_graph=True)
+
+                def matvec(v):  # (I + H / lam) v
+                    hv = torch.autograd.grad(support_grad, phi, v, retain_graph=True)
+                    return [a + h / cell.lam for a, h in zip(v, hv)]
+
+                v = _conjugate_gradient(matvec, list(g_query), cell.cg_steps)
+                with torch.no_grad():
+                    for p, vi in zip(theta, v):
+                        p.grad = vi / b if p.grad is None else p.grad + vi / b
+            opt.step()
+
     else:  # reptile
 
         def step():
@@ -89,3 +121,20 @@ def build(cell, batch, dtype):
             opt.step()
 
     return step, theta
+
+
+def _conjugate_gradient(matvec, rhs, steps):
+    """``steps`` iterations of textbook conjugate gradient from 0 for A x = rhs (A symmetric, given by ``matvec``)."""
+    dot = lambda a, c: sum((x * y).sum() for x, y in zip(a, c))  # noqa: E731
+    x = [torch.zeros_like(r) for r in rhs]
+    r, p = list(rhs), list(rhs)
+    rs = dot(r, r)
+    for _ in range(steps):
+        ap = matvec(p)
+        alpha = rs / dot(p, ap)
+        x = [xi + alpha * pi for xi, pi in zip(x, p)]
+        r = [ri - alpha * api for ri, api in zip(r, ap)]
+        rs_next = dot(r, r)
+        p = [ri + (rs_next / rs) * pi for ri, pi in zip(r, p)]
+        rs = rs_next
+    return x

@@ -13,6 +13,13 @@ First order: ``MetaSGD.step`` always differentiates with ``create_graph=True``, 
 variant uses the functional API: ``torch.func.functional_call`` on a params tuple, inner gradients by
 ``torch.autograd.grad`` without a graph, ``torchopt.sgd(lr).update(..., inplace=False)`` and
 ``torchopt.apply_updates(..., inplace=False)`` (d phi / d theta = I). No ProtoNet or Reptile.
+
+iMAML, its implicit differentiation as in its examples/iMAML/imaml_omniglot_functional.py: the inner solver
+(``steps`` of ``torchopt.sgd`` on CE + lam/2 ||phi - theta||^2 from theta) decorated with
+``torchopt.diff.implicit.custom_root(torch.func.grad(objective), argnums=1, solve=...)``, per task
+``(CE(f(qx_i; phi_i), qy_i) / B).backward()``. The example solves with ``solve_normal_cg`` (CG on the normal
+equations: two Hessian-vector products per iteration); here ``linear_solve.solve_cg`` (one per iteration, for the
+symmetric H + lam I, as quickstudy), ``cg_steps`` iterations from 0 with no early stop: the same maths and work.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from torch.func import functional_call
 from bench.peers.common import reference_model
 
 LIBRARY = "TorchOpt"
-SUPPORTS = {"maml"}
+SUPPORTS = {"maml", "imaml"}
 MODELS = ("conv4", "resnet12")  # the user's model of the cell (common.reference_model)
 NOTES = "2nd order: MetaSGD + extract/recover_state_dict; 1st order: functional sgd + apply_updates"
 
@@ -39,6 +46,8 @@ def build(cell, batch, dtype):
     b = cell.meta_batch
     model = reference_model(cell, cell.ways).to(sx.device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cell.outer_lr)
+    if cell.algo == "imaml":
+        return _imaml(cell, model, opt, batch), list(model.parameters())
 
     if not cell.first_order:
         inner_opt = torchopt.MetaSGD(model, lr=cell.inner_lr)
@@ -81,3 +90,42 @@ def build(cell, batch, dtype):
         opt.step()
 
     return step, list(model.parameters())
+
+
+def _imaml(cell, model, opt, batch):
+    sx, sy, qx, qy = batch
+    b = cell.meta_batch
+    names = [n for n, _ in model.named_parameters()]
+    meta_params = tuple(p for _, p in model.named_parameters())
+
+    def forward(params, x):
+        return functional_call(model, dict(zip(names, params)), (x,))
+
+    def objective(params, meta, x, y):
+        proximal = sum(((p - m) ** 2).sum() for p, m in zip(params, meta))
+        return F.cross_entropy(forward(params, x), y) + 0.5 * cell.lam * proximal
+
+    solve = torchopt.linear_solve.solve_cg(maxiter=cell.cg_steps, rtol=0.0, atol=0.0)
+
+    @torchopt.diff.implicit.custom_root(torch.func.grad(objective, argnums=0), argnums=1, solve=solve)
+    def inner_solve(params, meta, x, y):
+        sgd = torchopt.sgd(lr=cell.inner_lr)
+        state = sgd.init(params)
+        with torch.enable_grad():
+            for _ in range(cell.steps):
+                grads = torch.autograd.grad(objective(params, meta, x, y), params)
+                updates, state = sgd.update(grads, state, inplace=False)
+                params = torchopt.apply_updates(params, updates, inplace=False)
+        return params
+
+    def step():
+        opt.zero_grad()
+        for i in range(b):
+            start = tuple(p.detach().clone().requires_grad_() for p in meta_params)
+            phi = inner_solve(start, meta_params, sx[i], sy[i])
+            logits = forward(phi, qx[i])
+            (F.cross_entropy(logits, qy[i]) / b).backward()
+            (logits.detach().argmax(-1) == qy[i]).float().mean()
+        opt.step()
+
+    return step
