@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up the peer libraries (learn2learn 0.2.0, higher 0.2.1, TorchOpt 0.7.3, parallel-metalearn 0.5.6) in their
-# own virtual environment, .peers/venv (git-ignored), with quickstudy installed there without its dependencies
-# (editable, from this checkout): every worker builds the user's model from quickstudy.models.conv4_sequential.
+# Set up the peer libraries (learn2learn 0.2.0, higher 0.2.1, TorchOpt 0.7.3, parallel-metalearn 0.5.6,
+# easyfsl 1.5.0) in their own virtual environment, .peers/venv (git-ignored), with quickstudy installed there
+# without its dependencies (editable, from this checkout): every worker builds the user's model from
+# quickstudy.models.conv4_sequential.
 # The peers are never dependencies of quickstudy.
 #
 #     bash bench/peers/setup.sh            # idempotent: re-running skips what is already there
@@ -90,6 +91,11 @@ if ! "$PY" -c 'import importlib.metadata as m, sys; sys.exit(0 if m.version("lea
     cd "$ROOT"
 fi
 
+# 4b. easyfsl 1.5.0 without its dependencies: its methods need torch alone; its predesigned modules import
+#     torchvision.models.resnet (none is used; the worker stubs torchvision), pandas and matplotlib serve its data sets.
+log "installing easyfsl==1.5.0 (--no-deps)"
+"${PIP[@]}" install -q --no-deps easyfsl==1.5.0
+
 # 5. check: every peer imports (learn2learn through the stubs the worker uses) and reports its version.
 log "checking the imports"
 cd "$ROOT"  # `python -` puts the current directory on sys.path: the `bench` package
@@ -97,11 +103,14 @@ cd "$ROOT"  # `python -` puts the current directory on sys.path: the `bench` pac
 from bench.peers import _stubs
 stubbed = _stubs.install_learn2learn_stubs()
 import learn2learn, higher, torchopt, metalearn, torch, quickstudy
+import easyfsl
+from easyfsl.methods import MatchingNetworks, PrototypicalNetworks, RelationNetworks
 from importlib.metadata import version
 print(f"[peers/setup] learn2learn {learn2learn.__version__} (stubbed modules: {', '.join(stubbed) or 'none'})")
 print(f"[peers/setup] higher {higher.__version__ if hasattr(higher, '__version__') else 'imported'}")
 print(f"[peers/setup] torchopt {torchopt.__version__}")
 print(f"[peers/setup] parallel-metalearn {version('parallel-metalearn')}")
+print(f"[peers/setup] easyfsl {easyfsl.__version__}")
 print(f"[peers/setup] quickstudy {quickstudy.__version__} from {quickstudy.__file__}")
 print(f"[peers/setup] torch {torch.__version__}")
 EOF
