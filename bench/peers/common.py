@@ -229,7 +229,8 @@ def reference_model(cell: "Cell", ways: int | None, flatten: bool = True) -> nn.
     if cell.algo == "relationnet":
         layers = list(conv4_sequential(in_channels=1, ways=None))
         pools = [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
-        drop = set(pools[2:]) | ({len(layers) - 1} if not flatten else set())  # the last layer is the Flatten
+        flat = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Flatten) and not flatten]
+        drop = set(pools[2:]) | set(flat)
         return load_reference(nn.Sequential(*(l for i, l in enumerate(layers) if i not in drop)), None)
     return load_reference(user_model(cell.model, ways), ways, model=cell.model)
 
